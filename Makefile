@@ -1,0 +1,49 @@
+# envd: one executable under four names (envd-init, envd-proc, envd-fs,
+# envd-net), so the process tree shares its pages.
+GO        ?= go
+VERSION   ?= 0.6.4
+COMMIT    ?= $(shell git rev-parse --short=7 HEAD 2>/dev/null)
+LDFLAGS   := -s -w -X github.com/envd-project/envd/envdinit/app.Version=$(VERSION) -X github.com/envd-project/envd/envdinit/app.Commit=$(COMMIT)
+BIN       := bin
+PORT      ?= 49983
+RUNFLAGS  ?= --isnotfc
+PLUGINS   := envd-proc envd-fs envd-net
+
+.PHONY: all build run test test-go test-conformance gen gen-check vet bench fuzz swap-% clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/envd-init ./cmd/envd-init
+	@for p in $(PLUGINS); do ln -f $(BIN)/envd-init $(BIN)/$$p; done
+
+# Build one plugin on its own and swap it into bin/ (the others keep sharing pages).
+swap-%:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/$*.new ./cmd/$*
+	mv -f $(BIN)/$*.new $(BIN)/$*
+
+run: build
+	$(BIN)/envd-init --port $(PORT) $(RUNFLAGS)
+
+gen:
+	$(GO) tool buf generate
+
+vet:
+	$(GO) vet ./...
+
+test: build vet test-go test-conformance
+
+test-go:
+	ENVD_BUNDLE=$(CURDIR)/$(BIN) $(GO) test -race -timeout 8m ./...
+
+test-conformance: build
+	bash conformance/run.sh
+
+bench: build
+	ENVD_BUNDLE=$(CURDIR)/$(BIN) $(GO) run ./test/bench
+
+fuzz:
+	bash scripts/fuzz.sh
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,15 @@
+// Command envd-net is the net plugin built alone, for hot-swapping it into a
+// running bundle during development or running it with --standalone. The
+// bundle itself ships envd-init under this name (see cmd/envd-init).
+package main
+
+import (
+	"os"
+
+	"github.com/envd-project/envd/plugins/pluginmain"
+	"github.com/envd-project/envd/plugins/netplugin"
+)
+
+func main() {
+	os.Exit(pluginmain.Main(netplugin.Spec, os.Args[1:]))
+}

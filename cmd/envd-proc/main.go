@@ -1,0 +1,15 @@
+// Command envd-proc is the proc plugin built alone, for hot-swapping it into a
+// running bundle during development or running it with --standalone. The
+// bundle itself ships envd-init under this name (see cmd/envd-init).
+package main
+
+import (
+	"os"
+
+	"github.com/envd-project/envd/plugins/pluginmain"
+	"github.com/envd-project/envd/plugins/procplugin"
+)
+
+func main() {
+	os.Exit(pluginmain.Main(procplugin.Spec, os.Args[1:]))
+}

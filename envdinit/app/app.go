@@ -1,0 +1,241 @@
+// Package app wires envd-init: flags, the sandbox state, the reaper, the
+// plugin supervisor, the host API and the front door.
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	controlpb "github.com/envd-project/envd/gen/control"
+	procpb "github.com/envd-project/envd/gen/process"
+	"github.com/envd-project/envd/envdinit/frontdoor"
+	"github.com/envd-project/envd/envdinit/hostapi"
+	"github.com/envd-project/envd/envdinit/metrics"
+	"github.com/envd-project/envd/envdinit/mmds"
+	"github.com/envd-project/envd/envdinit/oom"
+	"github.com/envd-project/envd/envdinit/reaper"
+	"github.com/envd-project/envd/envdinit/state"
+	"github.com/envd-project/envd/envdinit/supervisor"
+	"github.com/envd-project/envd/plugins/contract"
+	"github.com/envd-project/envd/plugins/grpcadapter"
+	"github.com/envd-project/envd/plugins/logging"
+	"github.com/envd-project/envd/plugins/users"
+	"go.uber.org/zap"
+)
+
+// Build-time identity, set with -ldflags -X.
+var (
+	Version = "0.6.4"
+	Commit  = ""
+)
+
+// Config is envd-init's command line.
+type Config struct {
+	Port       int
+	IsNotFC    bool
+	Cmd        string
+	CgroupRoot string
+	NoCgroups  bool
+	Flavor     state.Flavor
+	Verbose    bool
+	PluginDir  string
+	MMDSAddr   string
+}
+
+// Main runs envd-init and returns its exit code.
+func Main(args []string) int {
+	cfg, code, done := parseFlags(args)
+	if done {
+		return code
+	}
+	log := logging.New(cfg.Verbose).Named("envd-init")
+	defer func() { _ = log.Sync() }()
+	if err := run(cfg, log); err != nil {
+		log.Error("envd-init failed", zap.Error(err))
+		return 1
+	}
+	return 0
+}
+
+func parseFlags(args []string) (Config, int, bool) {
+	var cfg Config
+	fs := flag.NewFlagSet("envd-init", flag.ContinueOnError)
+	fs.IntVar(&cfg.Port, "port", 49983, "port to serve on")
+	fs.BoolVar(&cfg.IsNotFC, "isnotfc", false, "not running inside a Firecracker VM (no MMDS)")
+	fs.StringVar(&cfg.Cmd, "cmd", "", "command to start at boot (bash -l -c, as root, tag startCmd)")
+	fs.StringVar(&cfg.CgroupRoot, "cgroup-root", "/sys/fs/cgroup", "cgroup v2 root")
+	fs.BoolVar(&cfg.NoCgroups, "no-cgroups", false, "do not place processes into cgroups")
+	flavor := fs.String("flavor", string(state.FlavorWrenn), "wrenn or e2b")
+	fs.BoolVar(&cfg.Verbose, "verbose", false, "debug logging")
+	fs.StringVar(&cfg.PluginDir, "plugin-dir", "", "directory of the plugin executables (default: next to envd-init)")
+	fs.StringVar(&cfg.MMDSAddr, "mmds-addr", "169.254.169.254:80", "Firecracker MMDS address")
+	version := fs.Bool("version", false, "print the version and exit")
+	commit := fs.Bool("commit", false, "print the commit and exit")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return cfg, 0, true
+		}
+		return cfg, 2, true
+	}
+	if *version {
+		fmt.Println(Version)
+		return cfg, 0, true
+	}
+	if *commit {
+		fmt.Println(Commit)
+		return cfg, 0, true
+	}
+	cfg.Flavor = state.Flavor(*flavor)
+	if cfg.Flavor != state.FlavorWrenn && cfg.Flavor != state.FlavorE2B {
+		fmt.Fprintf(os.Stderr, "--flavor must be wrenn or e2b, not %q\n", *flavor)
+		return cfg, 2, true
+	}
+	return cfg, 0, false
+}
+
+func pluginSpecs(cfg Config) ([]supervisor.Spec, error) {
+	dir := cfg.PluginDir
+	if dir == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("locating envd-init: %w", err)
+		}
+		dir = filepath.Dir(exe)
+	}
+	common := []string{"--cgroup-root", cfg.CgroupRoot}
+	if cfg.NoCgroups {
+		common = append(common, "--no-cgroups")
+	}
+	if cfg.Verbose {
+		common = append(common, "--verbose")
+	}
+	var specs []supervisor.Spec
+	for _, name := range []string{contract.Proc, contract.FS, contract.Net} {
+		path := filepath.Join(dir, name)
+		if _, err := os.Stat(path); err != nil {
+			return nil, fmt.Errorf("plugin %s: %w", name, err)
+		}
+		specs = append(specs, supervisor.Spec{Name: name, Path: path, Args: common})
+	}
+	return specs, nil
+}
+
+func run(cfg Config, log *zap.Logger) error {
+	if err := reaper.MakeSubreaper(); err != nil {
+		return err
+	}
+	rp := reaper.New(log.Named("reaper"))
+	defer rp.Close()
+
+	specs, err := pluginSpecs(cfg)
+	if err != nil {
+		return err
+	}
+	store := state.New(&controlpb.Config{
+		Flavor:         string(cfg.Flavor),
+		IsNotFc:        cfg.IsNotFC,
+		Cgroups:        &controlpb.CgroupConfig{Enabled: !cfg.NoCgroups, Root: cfg.CgroupRoot},
+		ReservedPorts:  []uint32{uint32(cfg.Port)},
+		ForwardAddress: "169.254.0.21",
+	})
+	sup := supervisor.New(log.Named("supervisor"), rp, store, specs, supervisor.Options{})
+
+	ln, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(cfg.Port)))
+	if err != nil {
+		return fmt.Errorf("listen on port %d: %w", cfg.Port, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	if err := oom.Protect(0); err != nil {
+		log.Warn("cannot protect envd from the OOM killer", zap.Error(err))
+	}
+	sampler := metrics.NewSampler(log.Named("metrics"), time.Second, metrics.WithMemCache(cfg.Flavor == state.FlavorE2B))
+	go sampler.Run(ctx)
+	var mmdsClient *mmds.Client
+	if !cfg.IsNotFC {
+		mmdsClient = mmds.NewClient(cfg.MMDSAddr, log.Named("mmds"))
+	}
+	var door *frontdoor.Server
+	host := hostapi.New(hostapi.Options{
+		Log: log.Named("hostapi"), Store: store, Plugins: sup, Version: Version, Commit: Commit,
+		IsNotFC: cfg.IsNotFC, MMDS: mmdsClient, Metrics: sampler,
+		ResetConns: func() { door.CloseIdle() },
+	})
+	door = frontdoor.New(frontdoor.Options{
+		Log:    log.Named("http"),
+		Conn:   func(name string) grpcadapter.ConnFunc { return sup.Conn(name) },
+		Socket: sup.HTTPSocket,
+		Host:   host,
+		Users:  users.Default,
+	})
+	host.Start(ctx)
+
+	sup.Start()
+	if cfg.Cmd != "" {
+		go startCmd(ctx, log, sup, cfg.Cmd)
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- door.Serve(ln) }()
+	log.Info("envd-init serving", zap.Int("port", cfg.Port), zap.String("version", Version),
+		zap.String("flavor", string(cfg.Flavor)), zap.Int("pid", os.Getpid()))
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	select {
+	case s := <-sig:
+		log.Info("stopping", zap.Stringer("signal", s))
+	case err := <-serveErr:
+		if err != nil {
+			log.Error("serve failed", zap.Error(err))
+		}
+	}
+	stopCtx, stopCancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer stopCancel()
+	_ = door.Shutdown(stopCtx)
+	host.Close()
+	sup.Stop(stopCtx)
+	return nil
+}
+
+// startCmd runs --cmd through envd-proc once it is up, like Wrenn-Go's
+// envd: bash -l -c as root, tag startCmd, visible in List.
+func startCmd(ctx context.Context, log *zap.Logger, sup *supervisor.Supervisor, cmd string) {
+	readyCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := sup.Ready(readyCtx); err != nil {
+		log.Error("--cmd not started", zap.Error(err))
+		return
+	}
+	proc := &grpcadapter.ProcessClient{Plugin: contract.Proc, Conn: sup.Conn(contract.Proc)}
+	tag, cwd := "startCmd", "/home/user"
+	if _, err := os.Stat(cwd); err != nil {
+		cwd = "/"
+	}
+	req := &procpb.StartRequest{Tag: &tag, Process: &procpb.ProcessConfig{
+		Cmd: "/bin/bash", Args: []string{"-l", "-c", cmd}, Cwd: &cwd,
+	}}
+	started := false
+	err := proc.Start(ctx, req, func(res *procpb.StartResponse) error {
+		if s := res.GetEvent().GetStart(); s != nil && !started {
+			started = true
+			log.Info("--cmd started", zap.Uint32("pid", s.GetPid()))
+		}
+		if e := res.GetEvent().GetEnd(); e != nil {
+			log.Info("--cmd ended", zap.String("status", e.GetStatus()))
+		}
+		return nil
+	})
+	if err != nil {
+		log.Error("--cmd failed", zap.Error(err))
+	}
+}

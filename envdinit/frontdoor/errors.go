@@ -1,0 +1,25 @@
+package frontdoor
+
+import (
+	"encoding/json"
+	"net/http"
+)
+
+type connectErrorJSON struct {
+	Code    string `json:"code"`
+	Message string `json:"message,omitempty"`
+}
+
+func (e *connectErrorJSON) marshal() ([]byte, error) { return json.Marshal(e) }
+
+// writeJSONError writes the reference's REST error shape (WIRE.md §7.0).
+func writeJSONError(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	b, _ := json.Marshal(struct {
+		Code    int    `json:"code"`
+		Message string `json:"message"`
+	}{status, msg})
+	_, _ = w.Write(append(b, '\n'))
+}

@@ -1,0 +1,222 @@
+// Package frontdoor is envd-init's listener: one port serving HTTP/1.1 and
+// h2c, CORS, the access-token gate, caller identity, the host endpoints, and
+// the proxy that passes every Connect, gRPC and gRPC-Web call to the plugin
+// that owns it. /files is reverse-proxied to envd-fs over a Unix socket so
+// bulk bytes are never re-framed as gRPC messages (PLUGIN_COSTS.md).
+package frontdoor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	connectcors "connectrpc.com/cors"
+	"github.com/envd-project/envd/gen/filesystem/filesystemconnect"
+	"github.com/envd-project/envd/gen/process/processconnect"
+	"github.com/envd-project/envd/plugins/connectadapter"
+	"github.com/envd-project/envd/plugins/contract"
+	"github.com/envd-project/envd/plugins/grpcadapter"
+	"github.com/rs/cors"
+	"go.uber.org/zap"
+)
+
+// Host is the host-integration surface (package hostapi).
+type Host interface {
+	Register(mux *http.ServeMux)
+	TokenGate(next http.Handler) http.Handler
+	FilesAuth(next http.Handler) http.Handler
+}
+
+// Options configure the front door.
+type Options struct {
+	Log    *zap.Logger
+	Conn   func(name string) grpcadapter.ConnFunc
+	Socket func(ctx context.Context, name string) (string, error)
+	Host   Host
+	Users  connectadapter.UserDB
+}
+
+// Server is the front door.
+type Server struct {
+	log   *zap.Logger
+	http  *http.Server
+	mu    sync.Mutex
+	conns map[net.Conn]http.ConnState
+}
+
+// IdleTimeout is the keep-alive idle timeout of the references (WIRE.md §1).
+const IdleTimeout = 640 * time.Second
+
+// New builds the front door's handler chain.
+func New(opts Options) *Server {
+	s := &Server{log: opts.Log, conns: map[net.Conn]http.ConnState{}}
+	mux := http.NewServeMux()
+	identity := connect.WithInterceptors(connectadapter.Identity(opts.Users))
+	mux.Handle(connectadapter.NewProcessHandler(&grpcadapter.ProcessClient{Plugin: contract.Proc, Conn: opts.Conn(contract.Proc)}, identity))
+	mux.Handle(connectadapter.NewFilesystemHandler(&grpcadapter.FilesystemClient{Plugin: contract.FS, Conn: opts.Conn(contract.FS)}, identity))
+	files := newFilesProxy(opts.Log, func(ctx context.Context) (string, error) { return opts.Socket(ctx, contract.FS) })
+	mux.Handle("GET /files", opts.Host.FilesAuth(files))
+	mux.Handle("POST /files", opts.Host.FilesAuth(files))
+	mux.Handle("POST /files/compose", files)
+	opts.Host.Register(mux)
+
+	var h http.Handler = mux
+	h = restIdentity(opts.Users, h)
+	h = opts.Host.TokenGate(h)
+	h = newCORS().Handler(h)
+
+	s.http = &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       IdleTimeout,
+		ErrorLog:          zap.NewStdLog(opts.Log.Named("http")),
+		ConnState:         s.track,
+	}
+	s.http.Protocols = new(http.Protocols)
+	s.http.Protocols.SetHTTP1(true)
+	s.http.Protocols.SetUnencryptedHTTP2(true)
+	return s
+}
+
+func newCORS() *cors.Cors {
+	return cors.New(cors.Options{
+		AllowedOrigins: []string{"*"},
+		AllowedMethods: []string{http.MethodHead, http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete},
+		AllowedHeaders: []string{"*"},
+		ExposedHeaders: append(connectcors.ExposedHeaders(), "Location", "Cache-Control", "X-Content-Type-Options"),
+		MaxAge:         7200,
+	})
+}
+
+func isRPC(path string) bool {
+	return strings.HasPrefix(path, "/"+processconnect.ProcessName+"/") ||
+		strings.HasPrefix(path, "/"+filesystemconnect.FilesystemName+"/")
+}
+
+// restIdentity rejects an unknown Basic user on REST paths the way the
+// reference's authn middleware does (RPCs get it from the interceptor, in
+// their own protocol).
+func restIdentity(db connectadapter.UserDB, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !isRPC(r.URL.Path) {
+			if _, err := connectadapter.BasicUser(db, r.Header); err != nil {
+				var ce *connect.Error
+				if errors.As(err, &ce) {
+					writeConnectError(w, ce)
+					return
+				}
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func writeConnectError(w http.ResponseWriter, ce *connect.Error) {
+	status := http.StatusInternalServerError
+	if ce.Code() == connect.CodeUnauthenticated {
+		status = http.StatusUnauthorized
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	body, _ := (&connectErrorJSON{Code: ce.Code().String(), Message: ce.Message()}).marshal()
+	_, _ = w.Write(body)
+}
+
+func (s *Server) track(c net.Conn, st http.ConnState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch st {
+	case http.StateClosed, http.StateHijacked:
+		delete(s.conns, c)
+	default:
+		s.conns[c] = st
+	}
+}
+
+// CloseIdle closes keep-alive connections that carry no request, so that
+// none survives a VM snapshot half-open.
+func (s *Server) CloseIdle() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c, st := range s.conns {
+		if st == http.StateIdle || st == http.StateNew {
+			_ = c.Close()
+		}
+	}
+}
+
+// Serve serves on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	err := s.http.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting, and closes every connection after ctx.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.http.Shutdown(ctx)
+	if err != nil {
+		_ = s.http.Close()
+	}
+	return err
+}
+
+// Handler exposes the handler chain (tests).
+func (s *Server) Handler() http.Handler { return s.http.Handler }
+
+// newFilesProxy forwards /files to envd-fs over its Unix socket.
+func newFilesProxy(log *zap.Logger, socket func(ctx context.Context) (string, error)) http.Handler {
+	transport := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			path, err := socket(ctx)
+			if err != nil {
+				return nil, err
+			}
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+		MaxIdleConns:        64,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+		// Bulk bodies: large buffers mean fewer syscalls per MiB.
+		WriteBufferSize:    256 << 10,
+		ReadBufferSize:     256 << 10,
+		DisableCompression: true,
+	}
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme = "http"
+			pr.Out.URL.Host = contract.FS
+			pr.Out.Host = contract.FS
+		},
+		Transport:  transport,
+		BufferPool: bufferPool{},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			status, msg := http.StatusBadGateway, fmt.Sprintf("file transfer failed: %v", err)
+			var ce *connect.Error
+			if errors.As(err, &ce) {
+				status, msg = http.StatusServiceUnavailable, ce.Message()
+			}
+			if !errors.Is(err, context.Canceled) {
+				log.Warn("files proxy", zap.String("path", r.URL.Path), zap.Error(err))
+			}
+			writeJSONError(w, status, msg)
+		},
+	}
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
+type bufferPool struct{}
+
+func (bufferPool) Get() []byte  { return *(bufPool.Get().(*[]byte)) }
+func (bufferPool) Put(b []byte) { bufPool.Put(&b) }

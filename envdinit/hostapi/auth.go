@@ -1,0 +1,143 @@
+package hostapi
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"net/http"
+	"strconv"
+
+	"github.com/envd-project/envd/envdinit/state"
+)
+
+// Messages of §4.1 and §7.5; clients and tests match on them.
+const (
+	msgUnauthorized   = "unauthorized access, please provide a valid access token or method signing if supported"
+	msgHeaderMismatch = "access token present in header but does not match"
+	msgMissingSig     = "missing signature query parameter"
+	msgInvalidSig     = "invalid signature"
+	msgExpiredSig     = "signature is already expired"
+	paramExpiration   = "signature_expiration"
+	headerAccessToken = "X-Access-Token"
+	signaturePrefix   = "v1_"
+	operationRead     = "read"
+	operationWrite    = "write"
+)
+
+// exempt is the exact method+path list of §4.1 that needs no token.
+func (a *API) exempt(r *http.Request) bool {
+	switch r.Method + r.URL.Path {
+	case "GET/health", "GET/files", "POST/files", "POST/init":
+		return true
+	case "POST/snapshot/prepare":
+		// Wrenn's host agent calls it without a token; E2B has no such
+		// route, so there it is gated like every other endpoint.
+		return a.flavor == state.FlavorWrenn
+	}
+	return false
+}
+
+// TokenGate rejects requests without the access token once one is set
+// (§4.1), except the exempt routes. RPCs get the same REST-shaped 401.
+func (a *API) TokenGate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		token, set := a.store.Token()
+		if !set || a.exempt(r) || tokenEqual(r.Header.Get(headerAccessToken), token) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		jsonError(w, http.StatusUnauthorized, msgUnauthorized)
+	})
+}
+
+// FilesAuth authorizes GET and POST /files (§7.5): no token set → open;
+// a non-empty X-Access-Token header must match; otherwise a v1 signature
+// over the raw path and username query values, and an expiration (when
+// given) not in the past. A malformed signature_expiration is a plain-text
+// 400 whether or not a token is set, as from the reference's parameter
+// binder.
+func (a *API) FilesAuth(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var op string
+		switch r.Method {
+		case http.MethodGet:
+			op = operationRead
+		case http.MethodPost:
+			op = operationWrite
+		default:
+			next.ServeHTTP(w, r)
+			return
+		}
+		q := r.URL.Query()
+		var expiration *int64
+		if vals, ok := q[paramExpiration]; ok && len(vals) > 0 {
+			v, err := strconv.ParseInt(vals[0], 10, 64)
+			if err != nil {
+				http.Error(w, "Invalid format for parameter "+paramExpiration+": "+err.Error(), http.StatusBadRequest)
+				return
+			}
+			expiration = &v
+		}
+		token, set := a.store.Token()
+		if !set {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if h := r.Header.Get(headerAccessToken); h != "" {
+			if !tokenEqual(h, token) {
+				jsonError(w, http.StatusUnauthorized, msgHeaderMismatch)
+				return
+			}
+			next.ServeHTTP(w, r)
+			return
+		}
+		sig := q.Get("signature")
+		if sig == "" {
+			jsonError(w, http.StatusUnauthorized, msgMissingSig)
+			return
+		}
+		want := Sign(q.Get("path"), op, q.Get("username"), token, expiration)
+		if subtle.ConstantTimeCompare([]byte(sig), []byte(want)) != 1 {
+			jsonError(w, http.StatusUnauthorized, msgInvalidSig)
+			return
+		}
+		// Equal is still valid; 0 and negative values are always in the past.
+		if expiration != nil && *expiration < a.opts.Now().Unix() {
+			jsonError(w, http.StatusUnauthorized, msgExpiredSig)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// Sign computes the /files URL signature of §8: "v1_" + unpadded standard
+// base64 of SHA-256("path:operation:username:token[:expiration]").
+func Sign(path, operation, username, token string, expiration *int64) string {
+	in := path + ":" + operation + ":" + username + ":" + token
+	if expiration != nil {
+		in += ":" + strconv.FormatInt(*expiration, 10)
+	}
+	sum := sha256.Sum256([]byte(in))
+	return signaturePrefix + base64.RawStdEncoding.EncodeToString(sum[:])
+}
+
+func tokenEqual(got, want string) bool {
+	if got == "" {
+		return false
+	}
+	return subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
+}
+
+// jsonError writes the REST error shape of §7.0.
+func jsonError(w http.ResponseWriter, status int, msg string) {
+	body, _ := json.Marshal(struct {
+		Code    int    `json:"code"`
+		Message string `json:"message"`
+	}{status, msg})
+	h := w.Header()
+	h.Set("Content-Type", "application/json; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(body, '\n'))
+}

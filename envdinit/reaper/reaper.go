@@ -1,0 +1,153 @@
+// Package reaper is envd-init's single reaper (ARCHITECTURE principle 3).
+// As PID 1, or as a child subreaper outside a VM, envd-init inherits every
+// orphan; one loop reaps all children with wait4(-1) and publishes their exit
+// statuses. Nothing else in envd-init may wait on a pid: a child started
+// through Start is registered before it can be reaped, so its status reaches
+// its owner and is never stolen.
+package reaper
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"sync"
+	"syscall"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// Exit is one reaped child.
+type Exit struct {
+	Pid    int
+	Status unix.WaitStatus
+}
+
+// String formats the exit like os.ProcessState does.
+func (e Exit) String() string {
+	switch {
+	case e.Status.Exited():
+		return fmt.Sprintf("exit status %d", e.Status.ExitStatus())
+	case e.Status.Signaled():
+		return "signal: " + e.Status.Signal().String()
+	}
+	return fmt.Sprintf("wait status %d", e.Status)
+}
+
+// Reaper reaps every child of this process.
+type Reaper struct {
+	log     *zap.Logger
+	mu      sync.Mutex
+	owned   map[int]chan Exit
+	orphans uint64
+	sigs    chan os.Signal
+	done    chan struct{}
+}
+
+// MakeSubreaper makes this process inherit orphaned descendants when it is
+// not PID 1 (outside a VM, with --isnotfc).
+func MakeSubreaper() error {
+	if os.Getpid() == 1 {
+		return nil
+	}
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("prctl(PR_SET_CHILD_SUBREAPER): %w", err)
+	}
+	return nil
+}
+
+// New starts the reap loop.
+func New(log *zap.Logger) *Reaper {
+	r := &Reaper{log: log, owned: map[int]chan Exit{}, sigs: make(chan os.Signal, 1), done: make(chan struct{})}
+	signal.Notify(r.sigs, syscall.SIGCHLD)
+	go r.loop()
+	// A child may have exited before the handler was installed.
+	r.sigs <- syscall.SIGCHLD
+	return r
+}
+
+// Close stops the loop.
+func (r *Reaper) Close() {
+	signal.Stop(r.sigs)
+	close(r.done)
+}
+
+func (r *Reaper) loop() {
+	for {
+		select {
+		case <-r.done:
+			return
+		case <-r.sigs:
+			r.reapAll()
+		}
+	}
+}
+
+func (r *Reaper) reapAll() {
+	for {
+		var ws unix.WaitStatus
+		// Holding the lock across wait4 orders it with Start: a child being
+		// started is registered before we can reap it.
+		r.mu.Lock()
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		if err != nil || pid <= 0 {
+			r.mu.Unlock()
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return
+		}
+		ch, ok := r.owned[pid]
+		delete(r.owned, pid)
+		if !ok {
+			r.orphans++
+		}
+		r.mu.Unlock()
+		exit := Exit{Pid: pid, Status: ws}
+		if ok {
+			ch <- exit
+			close(ch)
+			continue
+		}
+		r.log.Debug("reaped orphan", zap.Int("pid", pid), zap.Stringer("status", exit))
+	}
+}
+
+// Orphans is the number of reaped children nobody owned.
+func (r *Reaper) Orphans() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.orphans
+}
+
+// Start starts cmd and returns a channel that receives its exit once. The
+// caller must never call cmd.Wait; it should set Stdin/Stdout/Stderr to
+// *os.File values (or nil) so os/exec starts no copying goroutines that only
+// Wait would end.
+func (r *Reaper) Start(cmd *exec.Cmd) (<-chan Exit, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	ch := make(chan Exit, 1)
+	r.owned[cmd.Process.Pid] = ch
+	return ch, nil
+}
+
+// Run starts cmd, waits for it and returns an *exec.ExitError-like error for
+// a non-zero exit. Stdout and stderr must be nil or *os.File.
+func (r *Reaper) Run(cmd *exec.Cmd) error {
+	ch, err := r.Start(cmd)
+	if err != nil {
+		return err
+	}
+	exit := <-ch
+	_ = cmd.Process.Release()
+	if exit.Status.Exited() && exit.Status.ExitStatus() == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s: %s", cmd.Path, exit)
+}

@@ -1,0 +1,110 @@
+package supervisor
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"sync"
+
+	"github.com/envd-project/envd/envdinit/reaper"
+	"github.com/hashicorp/go-plugin/runner"
+)
+
+// reapedRunner is a go-plugin runner whose process is reaped by envd-init's
+// one reaper instead of exec.Cmd.Wait, so the reaper's wait4(-1) never steals
+// a plugin's exit status from go-plugin.
+type reapedRunner struct {
+	reaper *reaper.Reaper
+	cmd    *exec.Cmd
+	stdout *os.File
+	stderr *os.File
+	outW   *os.File
+	errW   *os.File
+
+	exited chan struct{}
+	once   sync.Once
+	exit   reaper.Exit
+}
+
+var _ runner.Runner = (*reapedRunner)(nil)
+
+func newReapedRunner(r *reaper.Reaper, cmd *exec.Cmd) (*reapedRunner, error) {
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("stdout pipe: %w", err)
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return nil, fmt.Errorf("stderr pipe: %w", err)
+	}
+	cmd.Stdout, cmd.Stderr = outW, errW
+	return &reapedRunner{reaper: r, cmd: cmd, stdout: outR, stderr: errR, outW: outW, errW: errW, exited: make(chan struct{})}, nil
+}
+
+func (r *reapedRunner) Start(context.Context) error {
+	ch, err := r.reaper.Start(r.cmd)
+	// The child has its copies; ours would keep the pipes open forever.
+	r.outW.Close()
+	r.errW.Close()
+	if err != nil {
+		r.stdout.Close()
+		r.stderr.Close()
+		return fmt.Errorf("start %s: %w", r.cmd.Path, err)
+	}
+	go func() {
+		r.exit = <-ch
+		_ = r.cmd.Process.Release()
+		close(r.exited)
+	}()
+	return nil
+}
+
+func (r *reapedRunner) Wait(ctx context.Context) error {
+	select {
+	case <-r.exited:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if r.exit.Status.Exited() && r.exit.Status.ExitStatus() == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s: %s", r.Name(), r.exit)
+}
+
+// Exited is closed once the process has been reaped.
+func (r *reapedRunner) Exited() <-chan struct{} { return r.exited }
+
+func (r *reapedRunner) Kill(context.Context) error {
+	select {
+	case <-r.exited:
+		return nil
+	default:
+	}
+	// Release only happens after the reap, so the pidfd still names our child.
+	if err := r.cmd.Process.Kill(); err != nil && err != os.ErrProcessDone {
+		return err
+	}
+	return nil
+}
+
+func (r *reapedRunner) Stdout() io.ReadCloser { return r.stdout }
+func (r *reapedRunner) Stderr() io.ReadCloser { return r.stderr }
+func (r *reapedRunner) Name() string          { return r.cmd.Path }
+
+func (r *reapedRunner) ID() string {
+	if r.cmd.Process == nil {
+		return ""
+	}
+	return fmt.Sprint(r.cmd.Process.Pid)
+}
+
+func (r *reapedRunner) Diagnose(context.Context) string {
+	return "the plugin did not complete the go-plugin handshake: is it an envd plugin of this build?"
+}
+
+func (r *reapedRunner) PluginToHost(n, a string) (string, string, error) { return n, a, nil }
+func (r *reapedRunner) HostToPlugin(n, a string) (string, string, error) { return n, a, nil }

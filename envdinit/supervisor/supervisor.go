@@ -1,0 +1,486 @@
+// Package supervisor starts envd-init's plugins with hashicorp/go-plugin,
+// keeps each one running (restart with capped exponential backoff), pushes
+// the sandbox defaults to it on every start and change, and hands out its
+// gRPC connection to the proxy, waiting a bounded time while it is down.
+package supervisor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/envd-project/envd/envdinit/reaper"
+	"github.com/envd-project/envd/envdinit/state"
+	controlpb "github.com/envd-project/envd/gen/control"
+	"github.com/envd-project/envd/plugins/contract"
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+	"github.com/hashicorp/go-plugin/runner"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"google.golang.org/grpc"
+)
+
+// Spec describes one plugin to run.
+type Spec struct {
+	Name string
+	Path string
+	Args []string
+}
+
+// Options tune the supervisor.
+type Options struct {
+	// WaitReady bounds how long an RPC waits for a plugin that is down.
+	WaitReady time.Duration
+	// MinBackoff and MaxBackoff bound the delay between restarts.
+	MinBackoff, MaxBackoff time.Duration
+	// StartTimeout bounds one plugin start (exec to handshake and config).
+	StartTimeout time.Duration
+}
+
+func (o *Options) setDefaults() {
+	if o.WaitReady == 0 {
+		o.WaitReady = 3 * time.Second
+	}
+	if o.MinBackoff == 0 {
+		o.MinBackoff = 10 * time.Millisecond
+	}
+	if o.MaxBackoff == 0 {
+		o.MaxBackoff = 5 * time.Second
+	}
+	if o.StartTimeout == 0 {
+		o.StartTimeout = 10 * time.Second
+	}
+}
+
+// Supervisor runs a set of plugins.
+type Supervisor struct {
+	log     *zap.Logger
+	reaper  *reaper.Reaper
+	store   *state.Store
+	opts    Options
+	plugins map[string]*managed
+	order   []string
+	stopped chan struct{}
+	wg      sync.WaitGroup
+}
+
+// managed is one plugin slot; its process comes and goes.
+type managed struct {
+	spec Spec
+	log  *zap.Logger
+
+	mu       sync.Mutex
+	up       *instance     // nil while down
+	ready    chan struct{} // closed when up becomes non-nil
+	starts   int
+	stopping bool
+}
+
+// instance is one running plugin process.
+type instance struct {
+	client  *plugin.Client
+	conn    *grpc.ClientConn
+	control controlpb.ControlClient
+	runner  *reapedRunner
+	health  *controlpb.HealthResponse
+}
+
+// New prepares a supervisor; Start launches the plugins.
+func New(log *zap.Logger, r *reaper.Reaper, store *state.Store, specs []Spec, opts Options) *Supervisor {
+	opts.setDefaults()
+	s := &Supervisor{log: log, reaper: r, store: store, opts: opts, plugins: map[string]*managed{}, stopped: make(chan struct{})}
+	for _, sp := range specs {
+		s.plugins[sp.Name] = &managed{spec: sp, log: log.With(zap.String("plugin", sp.Name)), ready: make(chan struct{})}
+		s.order = append(s.order, sp.Name)
+	}
+	store.Subscribe(s.push)
+	return s
+}
+
+// Start launches every plugin in parallel and keeps them running until Stop.
+func (s *Supervisor) Start() {
+	for _, name := range s.order {
+		m := s.plugins[name]
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.keep(m)
+		}()
+	}
+}
+
+// keep runs one plugin until Stop, restarting it when it exits.
+func (s *Supervisor) keep(m *managed) {
+	backoff := s.opts.MinBackoff
+	for {
+		select {
+		case <-s.stopped:
+			return
+		default:
+		}
+		began := time.Now()
+		inst, err := s.launch(m)
+		if err != nil {
+			m.log.Error("plugin start failed", zap.Error(err), zap.Duration("retry_in", backoff))
+		} else {
+			m.log.Info("plugin up", zap.Int("pid", int(inst.health.GetPid())), zap.Duration("took", time.Since(began)))
+			select {
+			case <-inst.runner.Exited():
+				m.log.Error("plugin exited; restarting", zap.Stringer("status", inst.runner.exit))
+			case <-s.stopped:
+				return
+			}
+			m.setDown(inst)
+			inst.client.Kill() // closes the connection; the process is gone
+			// A plugin that ran for a while earns a fast restart.
+			if time.Since(began) > 10*time.Second {
+				backoff = s.opts.MinBackoff
+			}
+		}
+		select {
+		case <-time.After(backoff):
+		case <-s.stopped:
+			return
+		}
+		backoff = min(backoff*2, s.opts.MaxBackoff)
+	}
+}
+
+func (s *Supervisor) launch(m *managed) (*instance, error) {
+	var run *reapedRunner
+	client := plugin.NewClient(&plugin.ClientConfig{
+		HandshakeConfig:  contract.Handshake,
+		Plugins:          plugin.PluginSet{contract.DispenseName: &contract.GRPCPlugin{}},
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		StartTimeout:     s.opts.StartTimeout,
+		Logger:           hclog.New(&hclog.LoggerOptions{Output: io.Discard, Level: hclog.Off}),
+		Stderr:           &lineLogger{log: m.log},
+		// go-plugin hands over a template command carrying the handshake
+		// environment; we run our own executable with it.
+		RunnerFunc: func(_ hclog.Logger, tmpl *exec.Cmd, _ string) (runner.Runner, error) {
+			cmd := exec.Command(m.spec.Path, m.spec.Args...)
+			cmd.Env = tmpl.Env
+			r, err := newReapedRunner(s.reaper, cmd)
+			run = r
+			return r, err
+		},
+		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
+			grpc.MaxCallRecvMsgSize(contract.MaxMessageSize), grpc.MaxCallSendMsgSize(contract.MaxMessageSize))},
+	})
+	fail := func(err error) (*instance, error) {
+		client.Kill()
+		return nil, err
+	}
+	rpc, err := client.Client()
+	if err != nil {
+		return fail(fmt.Errorf("handshake with %s: %w", m.spec.Name, err))
+	}
+	raw, err := rpc.Dispense(contract.DispenseName)
+	if err != nil {
+		return fail(fmt.Errorf("dispense %s: %w", m.spec.Name, err))
+	}
+	conn, ok := raw.(*grpc.ClientConn)
+	if !ok {
+		return fail(fmt.Errorf("%s dispensed %T, want a gRPC connection", m.spec.Name, raw))
+	}
+	inst := &instance{client: client, conn: conn, control: controlpb.NewControlClient(conn), runner: run}
+	ctx, cancel := context.WithTimeout(context.Background(), s.opts.StartTimeout)
+	defer cancel()
+	cfg := s.store.Config()
+	if _, err := inst.control.Configure(ctx, cfg); err != nil {
+		return fail(fmt.Errorf("configure %s: %w", m.spec.Name, err))
+	}
+	if inst.health, err = inst.control.Health(ctx, &controlpb.HealthRequest{}); err != nil {
+		return fail(fmt.Errorf("health of %s: %w", m.spec.Name, err))
+	}
+	m.setUp(inst)
+	// A change that landed between reading the config and going up was
+	// not pushed to this instance.
+	if now := s.store.Config(); now.GetGeneration() != cfg.GetGeneration() {
+		s.configure(m, inst, now)
+	}
+	return inst, nil
+}
+
+func (m *managed) setUp(inst *instance) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.up = inst
+	m.starts++
+	close(m.ready)
+}
+
+func (m *managed) setDown(inst *instance) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.up == inst {
+		m.up = nil
+		m.ready = make(chan struct{})
+	}
+}
+
+func (m *managed) current() (*instance, <-chan struct{}) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.up, m.ready
+}
+
+// push is the state store's subscriber: every change reaches every plugin.
+func (s *Supervisor) push(cfg *controlpb.Config) {
+	for _, name := range s.order {
+		m := s.plugins[name]
+		if inst, _ := m.current(); inst != nil {
+			s.configure(m, inst, cfg)
+		}
+	}
+}
+
+func (s *Supervisor) configure(m *managed, inst *instance, cfg *controlpb.Config) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := inst.control.Configure(ctx, cfg); err != nil {
+		// It is restarting; the start path pushes the newest config.
+		m.log.Warn("config push failed", zap.Error(err))
+	}
+}
+
+// wait returns the plugin's running instance, waiting at most WaitReady.
+// An instance whose connection is stale (a call could not reach it) counts
+// as down: the caller waits for its replacement.
+func (s *Supervisor) wait(ctx context.Context, name string, stale grpc.ClientConnInterface) (*instance, error) {
+	m, ok := s.plugins[name]
+	if !ok {
+		return nil, connect.NewError(connect.CodeUnimplemented, fmt.Errorf("no plugin %s in this envd", name))
+	}
+	t := time.NewTimer(s.opts.WaitReady)
+	defer t.Stop()
+	for {
+		inst, ready := m.current()
+		var wake <-chan struct{} = ready
+		if inst != nil {
+			if stale == nil || grpc.ClientConnInterface(inst.conn) != stale {
+				return inst, nil
+			}
+			select {
+			case <-inst.runner.Exited():
+				// keep() marks it down right after; look again shortly.
+				wake = nil
+			default:
+				wake = inst.runner.Exited()
+			}
+		}
+		var retry <-chan time.Time
+		if wake == nil {
+			retry = time.After(time.Millisecond)
+		}
+		select {
+		case <-wake:
+		case <-retry:
+		case <-ctx.Done():
+			return nil, connect.NewError(connect.CodeCanceled, ctx.Err())
+		case <-t.C:
+			return nil, connect.NewError(connect.CodeUnavailable,
+				fmt.Errorf("plugin %s is not running (starting or restarting); try again", name))
+		case <-s.stopped:
+			return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("plugin %s: envd is stopping", name))
+		}
+	}
+}
+
+// Conn returns the plugin's gRPC connection, for the proxy.
+func (s *Supervisor) Conn(name string) func(ctx context.Context, stale grpc.ClientConnInterface) (grpc.ClientConnInterface, error) {
+	return func(ctx context.Context, stale grpc.ClientConnInterface) (grpc.ClientConnInterface, error) {
+		inst, err := s.wait(ctx, name, stale)
+		if err != nil {
+			return nil, err
+		}
+		return inst.conn, nil
+	}
+}
+
+// HTTPSocket returns the Unix socket of the plugin's HTTP server.
+func (s *Supervisor) HTTPSocket(ctx context.Context, name string) (string, error) {
+	inst, err := s.wait(ctx, name, nil)
+	if err != nil {
+		return "", err
+	}
+	if inst.health.GetHttpSocket() == "" {
+		return "", connect.NewError(connect.CodeInternal, fmt.Errorf("plugin %s serves no HTTP", name))
+	}
+	return inst.health.GetHttpSocket(), nil
+}
+
+// Pid returns the running plugin's pid, or 0.
+func (s *Supervisor) Pid(name string) int {
+	if m, ok := s.plugins[name]; ok {
+		if inst, _ := m.current(); inst != nil {
+			return int(inst.health.GetPid())
+		}
+	}
+	return 0
+}
+
+// Starts returns how many times the plugin has come up.
+func (s *Supervisor) Starts(name string) int {
+	m := s.plugins[name]
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.starts
+}
+
+// Ready waits until every plugin is up or ctx ends.
+func (s *Supervisor) Ready(ctx context.Context) error {
+	for _, name := range s.order {
+		_, ready := s.plugins[name].current()
+		select {
+		case <-ready:
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s: %w", name, ctx.Err())
+		}
+	}
+	return nil
+}
+
+// each calls fn on every running plugin in parallel and joins the errors.
+func (s *Supervisor) each(ctx context.Context, what string, fn func(context.Context, controlpb.ControlClient) error) error {
+	var (
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+	)
+	for _, name := range s.order {
+		inst, _ := s.plugins[name].current()
+		if inst == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(ctx, inst.control); err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("%s %s: %w", what, name, err))
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// SnapshotPrepare tells every plugin to quiesce before a VM snapshot.
+func (s *Supervisor) SnapshotPrepare(ctx context.Context) error {
+	return s.each(ctx, "snapshot prepare", func(ctx context.Context, c controlpb.ControlClient) error {
+		_, err := c.SnapshotPrepare(ctx, &controlpb.SnapshotPrepareRequest{})
+		return err
+	})
+}
+
+// SnapshotRestored tells every plugin the VM was restored.
+func (s *Supervisor) SnapshotRestored(ctx context.Context) error {
+	return s.each(ctx, "snapshot restored", func(ctx context.Context, c controlpb.ControlClient) error {
+		_, err := c.SnapshotRestored(ctx, &controlpb.SnapshotRestoredRequest{})
+		return err
+	})
+}
+
+// Stop asks every plugin to end its user-visible work, then stops it.
+func (s *Supervisor) Stop(ctx context.Context) {
+	select {
+	case <-s.stopped:
+		return
+	default:
+	}
+	close(s.stopped)
+	err := s.each(ctx, "shutdown", func(ctx context.Context, c controlpb.ControlClient) error {
+		_, err := c.Shutdown(ctx, &controlpb.ShutdownRequest{})
+		return err
+	})
+	if err != nil {
+		s.log.Warn("plugin shutdown", zap.Error(err))
+	}
+	s.wg.Wait()
+	var wg sync.WaitGroup
+	for _, name := range s.order {
+		inst, _ := s.plugins[name].current()
+		if inst == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			inst.client.Kill()
+		}()
+	}
+	wg.Wait()
+}
+
+// lineLogger re-logs a plugin's stderr (zap JSON lines) into envd-init's log.
+type lineLogger struct {
+	log *zap.Logger
+	buf []byte
+}
+
+func (l *lineLogger) Write(p []byte) (int, error) {
+	// go-plugin writes a line, then its newline separately.
+	l.buf = append(l.buf, p...)
+	for {
+		i := indexNL(l.buf)
+		if i < 0 {
+			break
+		}
+		l.emit(l.buf[:i])
+		l.buf = l.buf[i+1:]
+	}
+	if len(l.buf) > 64<<10 {
+		l.emit(l.buf)
+		l.buf = l.buf[:0]
+	}
+	return len(p), nil
+}
+
+func indexNL(b []byte) int {
+	for i, c := range b {
+		if c == '\n' {
+			return i
+		}
+	}
+	return -1
+}
+
+func (l *lineLogger) emit(line []byte) {
+	if len(line) == 0 {
+		return
+	}
+	var entry map[string]any
+	if json.Unmarshal(line, &entry) != nil {
+		// Not our JSON: a panic trace or a library writing to stderr.
+		l.log.Warn("plugin stderr", zap.ByteString("line", line))
+		return
+	}
+	lvl, _ := entry["level"].(string)
+	msg, _ := entry["msg"].(string)
+	fields := make([]zap.Field, 0, len(entry))
+	for k, v := range entry {
+		switch k {
+		case "level", "msg", "timestamp", "plugin":
+			continue
+		}
+		fields = append(fields, zap.Any(k, v))
+	}
+	level, err := zapcore.ParseLevel(lvl)
+	if err != nil {
+		level = zapcore.InfoLevel
+	}
+	// A plugin's fatal or panic line must not end envd-init.
+	level = min(level, zapcore.ErrorLevel)
+	if ce := l.log.Check(level, msg); ce != nil {
+		ce.Write(fields...)
+	}
+}

@@ -1,0 +1,79 @@
+package connectadapter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+
+	"connectrpc.com/connect"
+	"github.com/envd-project/envd/plugins/callinfo"
+	"github.com/envd-project/envd/plugins/users"
+)
+
+var errEOF = io.EOF
+
+// UserDB is what the identity check needs of the user database.
+type UserDB interface {
+	Lookup(name string) (*users.User, error)
+}
+
+// Identity resolves the caller's user from Basic auth (WIRE.md §4.2: the
+// user name with an empty password; no credentials → the default user) and
+// the Keepalive-Ping-Interval header into callinfo, rejecting an unknown user
+// with unauthenticated in the caller's own protocol.
+func Identity(db UserDB) connect.Interceptor { return identity{db} }
+
+type identity struct{ db UserDB }
+
+func (i identity) resolve(ctx context.Context, h http.Header) (context.Context, error) {
+	info := callinfo.Info{Keepalive: callinfo.ParseKeepalive(h)}
+	name, err := BasicUser(i.db, h)
+	if err != nil {
+		return nil, err
+	}
+	info.User = name
+	return callinfo.With(ctx, info), nil
+}
+
+// BasicUser returns the user named by Basic credentials in h ("" when there
+// are none) or an unauthenticated *connect.Error for an unknown user.
+func BasicUser(db UserDB, h http.Header) (string, error) {
+	r := http.Request{Header: h}
+	name, _, ok := r.BasicAuth()
+	if !ok {
+		return "", nil
+	}
+	if _, err := db.Lookup(name); err != nil {
+		if errors.Is(err, users.ErrUnknownUser) {
+			return "", connect.NewError(connect.CodeUnauthenticated, fmt.Errorf("invalid username: '%s'", name))
+		}
+		return "", connect.NewError(connect.CodeInternal, fmt.Errorf("looking up user '%s': %w", name, err))
+	}
+	return name, nil
+}
+
+func (i identity) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		ctx, err := i.resolve(ctx, req.Header())
+		if err != nil {
+			return nil, err
+		}
+		return next(ctx, req)
+	}
+}
+
+func (i identity) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (i identity) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		ctx, err := i.resolve(ctx, conn.RequestHeader())
+		if err != nil {
+			return err
+		}
+		return next(ctx, conn)
+	}
+}

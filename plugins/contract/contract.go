@@ -1,0 +1,128 @@
+// Package contract is the agreement between envd-init and its plugins: the
+// go-plugin handshake, the plugin names, the one go-plugin Plugin every
+// envd plugin exposes (a gRPC server carrying its public service and the
+// control API), and the control service glue.
+package contract
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync/atomic"
+
+	controlpb "github.com/envd-project/envd/gen/control"
+	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+)
+
+// Plugin names; also the file names of their executables in the bundle.
+const (
+	Proc = "envd-proc"
+	FS   = "envd-fs"
+	Net  = "envd-net"
+)
+
+// DispenseName is the single entry of every plugin's go-plugin PluginSet.
+const DispenseName = "envd"
+
+// Handshake keeps a plugin binary from being run as a plugin by accident and
+// envd-init from talking to a plugin of another protocol version.
+var Handshake = plugin.HandshakeConfig{
+	ProtocolVersion:  1,
+	MagicCookieKey:   "ENVD_PLUGIN_COOKIE",
+	MagicCookieValue: "f0d3c1b2-envd-plugin-v1",
+}
+
+// MaxMessageSize bounds one gRPC message across the hop (both directions);
+// process input and file events can exceed gRPC's 4 MiB default.
+const MaxMessageSize = 64 << 20
+
+// Controllable is what every plugin does for the control API.
+type Controllable interface {
+	// Configure applies the newest sandbox defaults.
+	Configure(ctx context.Context, cfg *controlpb.Config) error
+	SnapshotPrepare(ctx context.Context) error
+	SnapshotRestored(ctx context.Context) error
+	// Shutdown ends the plugin's user-visible work before it is stopped.
+	Shutdown(ctx context.Context) error
+	// HTTPSocket is the Unix socket of the plugin's plain HTTP server, or "".
+	HTTPSocket() string
+}
+
+// GRPCPlugin is the go-plugin Plugin of every envd plugin. On the plugin
+// side Register adds the services; on envd-init's side the dispensed value
+// is the *grpc.ClientConn itself, on which typed clients are built.
+type GRPCPlugin struct {
+	plugin.NetRPCUnsupportedPlugin
+	Register func(s *grpc.Server)
+}
+
+// GRPCServer implements plugin.GRPCPlugin.
+func (p *GRPCPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
+	if p.Register == nil {
+		return fmt.Errorf("plugin has no services to register")
+	}
+	p.Register(s)
+	return nil
+}
+
+// GRPCClient implements plugin.GRPCPlugin.
+func (p *GRPCPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, c *grpc.ClientConn) (any, error) {
+	return c, nil
+}
+
+// ControlServer serves the control API for a Controllable.
+type ControlServer struct {
+	controlpb.UnimplementedControlServer
+	Name       string
+	Target     Controllable
+	generation atomic.Uint64
+}
+
+func (s *ControlServer) Configure(ctx context.Context, cfg *controlpb.Config) (*controlpb.ConfigureResponse, error) {
+	// Pushes may cross (a start-time push and a change notification):
+	// the newest generation wins.
+	for {
+		cur := s.generation.Load()
+		if cfg.GetGeneration() < cur {
+			return &controlpb.ConfigureResponse{}, nil
+		}
+		if s.generation.CompareAndSwap(cur, cfg.GetGeneration()) {
+			break
+		}
+	}
+	if err := s.Target.Configure(ctx, cfg); err != nil {
+		return nil, fmt.Errorf("%s: configure: %w", s.Name, err)
+	}
+	return &controlpb.ConfigureResponse{}, nil
+}
+
+func (s *ControlServer) Health(context.Context, *controlpb.HealthRequest) (*controlpb.HealthResponse, error) {
+	return &controlpb.HealthResponse{
+		Plugin:           s.Name,
+		Pid:              uint32(os.Getpid()),
+		HttpSocket:       s.Target.HTTPSocket(),
+		ConfigGeneration: s.generation.Load(),
+	}, nil
+}
+
+func (s *ControlServer) SnapshotPrepare(ctx context.Context, _ *controlpb.SnapshotPrepareRequest) (*controlpb.SnapshotPrepareResponse, error) {
+	if err := s.Target.SnapshotPrepare(ctx); err != nil {
+		return nil, fmt.Errorf("%s: snapshot prepare: %w", s.Name, err)
+	}
+	return &controlpb.SnapshotPrepareResponse{}, nil
+}
+
+func (s *ControlServer) SnapshotRestored(ctx context.Context, _ *controlpb.SnapshotRestoredRequest) (*controlpb.SnapshotRestoredResponse, error) {
+	if err := s.Target.SnapshotRestored(ctx); err != nil {
+		return nil, fmt.Errorf("%s: snapshot restored: %w", s.Name, err)
+	}
+	return &controlpb.SnapshotRestoredResponse{}, nil
+}
+
+func (s *ControlServer) Shutdown(ctx context.Context, _ *controlpb.ShutdownRequest) (*controlpb.ShutdownResponse, error) {
+	if err := s.Target.Shutdown(ctx); err != nil {
+		return nil, fmt.Errorf("%s: shutdown: %w", s.Name, err)
+	}
+	return &controlpb.ShutdownResponse{}, nil
+}

@@ -1,0 +1,301 @@
+package filesystem
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+
+	"connectrpc.com/connect"
+	"golang.org/x/sys/unix"
+
+	fspb "github.com/envd-project/envd/gen/filesystem"
+)
+
+// Stat is WIRE §6.3.
+func (s *Service) Stat(ctx context.Context, req *fspb.StatRequest) (*fspb.StatResponse, error) {
+	_, p, err := s.userPath(ctx, req.GetPath())
+	if err != nil {
+		return nil, err
+	}
+	e, err := newNames(s.db).entryInfo(p)
+	if err != nil {
+		return nil, err
+	}
+	return &fspb.StatResponse{Entry: e}, nil
+}
+
+// MakeDir is WIRE §6.5.
+func (s *Service) MakeDir(ctx context.Context, req *fspb.MakeDirRequest) (*fspb.MakeDirResponse, error) {
+	u, p, err := s.userPath(ctx, req.GetPath())
+	if err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat(p)
+	switch {
+	case err == nil && fi.IsDir():
+		return nil, connect.NewError(connect.CodeAlreadyExists, fmt.Errorf("directory already exists: %s", p))
+	case err == nil:
+		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("path already exists but it is not a directory: %s", p))
+	case !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, unix.ENOTDIR):
+		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("error getting file info: %w", err))
+	}
+	if err := ensureDirs(p, int(u.UID), int(u.GID)); err != nil {
+		return nil, connect.NewError(connect.CodeInternal, err)
+	}
+	e, err := newNames(s.db).entryInfo(p)
+	if err != nil {
+		return nil, err
+	}
+	return &fspb.MakeDirResponse{Entry: e}, nil
+}
+
+// ensureDirs creates every missing directory of dir with mode 0755 and
+// chowns each one it created to uid:gid (existing ones are left alone).
+func ensureDirs(dir string, uid, gid int) error {
+	if dir == "" {
+		return nil
+	}
+	dir = filepath.Clean(dir)
+	// Find the deepest existing ancestor, collecting what is missing.
+	var missing []string
+	for p := dir; ; {
+		fi, err := os.Stat(p)
+		if err == nil {
+			if !fi.IsDir() {
+				return fmt.Errorf("path is a file: %s", p)
+			}
+			break
+		}
+		if errors.Is(err, unix.ENOTDIR) {
+			// A component above p is not a directory; keep climbing to name it.
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("error getting file info: %w", err)
+		}
+		missing = append(missing, p)
+		parent := filepath.Dir(p)
+		if parent == p {
+			break
+		}
+		p = parent
+	}
+	for i := len(missing) - 1; i >= 0; i-- {
+		p := missing[i]
+		if err := os.Mkdir(p, 0o755); err != nil {
+			if errors.Is(err, fs.ErrExist) {
+				if fi, serr := os.Stat(p); serr == nil && fi.IsDir() {
+					continue // made by someone else meanwhile
+				}
+				return fmt.Errorf("path is a file: %s", p)
+			}
+			return fmt.Errorf("error creating directory: %w", err)
+		}
+		if err := os.Lchown(p, uid, gid); err != nil {
+			return fmt.Errorf("error changing ownership of %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// Move is WIRE §6.6.
+func (s *Service) Move(ctx context.Context, req *fspb.MoveRequest) (*fspb.MoveResponse, error) {
+	u, src, err := s.userPath(ctx, req.GetSource())
+	if err != nil {
+		return nil, err
+	}
+	dst, err := s.resolve(req.GetDestination(), u)
+	if err != nil {
+		return nil, err
+	}
+	var st unix.Stat_t
+	if err := lstat(src, &st); err != nil {
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
+			return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("source file not found: %s", src))
+		}
+		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("error getting file info: %w", &fs.PathError{Op: "lstat", Path: src, Err: err}))
+	}
+	if err := ensureDirs(filepath.Dir(dst), int(u.UID), int(u.GID)); err != nil {
+		return nil, connect.NewError(connect.CodeInternal, err)
+	}
+	if err := os.Rename(src, dst); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("error renaming: %w", err))
+		}
+		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("error renaming: %w", err))
+	}
+	e, err := newNames(s.db).entryInfo(dst)
+	if err != nil {
+		return nil, err
+	}
+	return &fspb.MoveResponse{Entry: e}, nil
+}
+
+// Remove is WIRE §6.7: rm -rf, a missing path is success.
+func (s *Service) Remove(ctx context.Context, req *fspb.RemoveRequest) (*fspb.RemoveResponse, error) {
+	_, p, err := s.userPath(ctx, req.GetPath())
+	if err != nil {
+		return nil, err
+	}
+	if err := os.RemoveAll(p); err != nil {
+		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("error removing file or directory: %w", err))
+	}
+	return &fspb.RemoveResponse{}, nil
+}
+
+// ListDir is WIRE §6.4.
+func (s *Service) ListDir(ctx context.Context, req *fspb.ListDirRequest) (*fspb.ListDirResponse, error) {
+	depth := int(req.GetDepth())
+	if depth == 0 {
+		depth = 1
+	}
+	_, requested, err := s.userPath(ctx, req.GetPath())
+	if err != nil {
+		return nil, err
+	}
+	real, err := followSymlinks(requested)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat(real)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("directory not found: %w", err))
+		}
+		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("error getting file info: %w", err))
+	}
+	if !fi.IsDir() {
+		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("path is not a directory: %s", requested))
+	}
+	l := lister{names: newNames(s.db), depth: depth, ctx: ctx}
+	if err := l.walk(real, requested, 1); err != nil {
+		if ce := new(connect.Error); errors.As(err, &ce) {
+			return nil, ce
+		}
+		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("error reading directory %s: %w", real, err))
+	}
+	return &fspb.ListDirResponse{Entries: l.out}, nil
+}
+
+func followSymlinks(p string) (string, error) {
+	r, err := filepath.EvalSymlinks(p)
+	if err == nil {
+		return r, nil
+	}
+	switch {
+	case errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR):
+		return "", connect.NewError(connect.CodeNotFound, fmt.Errorf("path not found: %w", err))
+	case errors.Is(err, unix.ELOOP) || strings.Contains(err.Error(), "too many links"):
+		return "", connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("cyclic symlink or chain >255 links at %q", p))
+	}
+	return "", connect.NewError(connect.CodeInternal, fmt.Errorf("error resolving symlink: %w", err))
+}
+
+type lister struct {
+	names *names
+	depth int
+	ctx   context.Context
+	out   []*fspb.EntryInfo
+}
+
+// parallelMin is the directory size from which entries are stat-ed by
+// several goroutines: two syscalls per entry (fstatat, listxattr) dominate a
+// large listing, and they run in parallel on every core.
+const parallelMin = 512
+
+type statResult struct {
+	e   *fspb.EntryInfo
+	dir bool
+	err error
+}
+
+// walk lists real (reporting paths under shown) in lexical pre-order, as
+// filepath.WalkDir would, without following symlinked subdirectories. It
+// stats through the directory fd, which spares the kernel a path walk per
+// entry.
+func (l *lister) walk(real, shown string, level int) error {
+	if err := l.ctx.Err(); err != nil {
+		return connect.NewError(connect.CodeCanceled, err)
+	}
+	f, err := os.Open(real)
+	if err != nil {
+		if level > 1 && (errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR)) {
+			return nil // vanished during the walk
+		}
+		return err
+	}
+	defer f.Close()
+	list, err := f.Readdirnames(-1)
+	if err != nil {
+		return err
+	}
+	slices.Sort(list)
+	dirfd := int(f.Fd())
+	results := make([]statResult, len(list))
+	statOne := func(nm *names, i int) {
+		name := list[i]
+		var st unix.Stat_t
+		if err := fstatat(dirfd, name, &st); err != nil {
+			if !errors.Is(err, unix.ENOENT) {
+				results[i].err = &fs.PathError{Op: "lstat", Path: filepath.Join(real, name), Err: err}
+			}
+			return // a vanished entry is skipped
+		}
+		e := nm.fromStat(filepath.Join(real, name), name, &st)
+		e.Path = filepath.Join(shown, name)
+		results[i] = statResult{e: e, dir: st.Mode&unix.S_IFMT == unix.S_IFDIR}
+	}
+	if workers := runtime.GOMAXPROCS(0); len(list) >= parallelMin && workers > 1 {
+		var wg sync.WaitGroup
+		chunk := (len(list) + workers - 1) / workers
+		for w := 0; w < workers; w++ {
+			lo, hi := w*chunk, min((w+1)*chunk, len(list))
+			if lo >= hi {
+				break
+			}
+			nm := l.names
+			if w > 0 {
+				nm = newNames(l.names.db) // names caches are per goroutine
+			}
+			wg.Go(func() {
+				for i := lo; i < hi; i++ {
+					statOne(nm, i)
+				}
+			})
+		}
+		wg.Wait()
+	} else {
+		for i := range list {
+			statOne(l.names, i)
+		}
+	}
+	for _, r := range results {
+		if r.err != nil {
+			return r.err
+		}
+		if r.e == nil {
+			continue
+		}
+		l.out = append(l.out, r.e)
+		if r.dir && level < l.depth {
+			if err := l.walk(filepath.Join(real, r.e.Name), r.e.Path, level+1); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func fstatat(dirfd int, name string, st *unix.Stat_t) error {
+	for {
+		err := unix.Fstatat(dirfd, name, st, unix.AT_SYMLINK_NOFOLLOW)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}

@@ -1,0 +1,274 @@
+package watch
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func fdCount(t testing.TB) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// collect reads events until pred is satisfied or the timeout passes.
+func collect(t *testing.T, w *Watcher, timeout time.Duration, pred func([]Event) bool) []Event {
+	t.Helper()
+	var got []Event
+	deadline := time.After(timeout)
+	for !pred(got) {
+		select {
+		case b, ok := <-w.Events():
+			if !ok {
+				t.Fatalf("watcher stopped: %v (got %v)", w.Err(), got)
+			}
+			got = append(got, b...)
+		case <-deadline:
+			t.Fatalf("timeout; got %v", got)
+		}
+	}
+	return got
+}
+
+func has(evs []Event, name string, op Op) bool {
+	return slices.Contains(evs, Event{Name: name, Op: op}) || slices.Contains(evs, Event{Name: name, Op: op, Dir: true})
+}
+
+func TestFlat(t *testing.T) {
+	dir := t.TempDir()
+	w, err := New(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	p := filepath.Join(dir, "a.txt")
+	if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(p, 0o600)
+	os.Rename(p, filepath.Join(dir, "b.txt"))
+	os.Remove(filepath.Join(dir, "b.txt"))
+	got := collect(t, w, 5*time.Second, func(e []Event) bool { return has(e, "b.txt", Remove) })
+	for _, want := range []Event{{"a.txt", Create, false}, {"a.txt", Write, false}, {"a.txt", Chmod, false}, {"a.txt", Rename, false}, {"b.txt", Create, false}} {
+		if !has(got, want.Name, want.Op) {
+			t.Errorf("missing %v in %v", want, got)
+		}
+	}
+	// Non-recursive: a subdirectory's contents are not reported.
+	os.Mkdir(filepath.Join(dir, "sub"), 0o755)
+	os.WriteFile(filepath.Join(dir, "sub", "x"), nil, 0o644)
+	os.WriteFile(filepath.Join(dir, "marker"), nil, 0o644)
+	got = collect(t, w, 5*time.Second, func(e []Event) bool { return has(e, "marker", Create) })
+	if has(got, "sub/x", Create) {
+		t.Errorf("non-recursive watcher reported sub/x: %v", got)
+	}
+}
+
+func TestRecursiveNewSubdirs(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "old", "deep"), 0o755)
+	w, err := New(dir, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	os.WriteFile(filepath.Join(dir, "old", "deep", "f"), []byte("1"), 0o644)
+	got := collect(t, w, 5*time.Second, func(e []Event) bool { return has(e, "old/deep/f", Write) })
+	_ = got
+	// A new tree made quickly: its inner parts may exist before the watch.
+	if err := os.MkdirAll(filepath.Join(dir, "n1", "n2", "n3"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "n1", "n2", "n3", "file.txt"), []byte("hi"), 0o644)
+	got = collect(t, w, 5*time.Second, func(e []Event) bool {
+		return has(e, "n1", Create) && has(e, "n1/n2", Create) && has(e, "n1/n2/n3", Create) && has(e, "n1/n2/n3/file.txt", Create)
+	})
+	// Now the new directories are watched for sure.
+	os.WriteFile(filepath.Join(dir, "n1", "n2", "later"), []byte("x"), 0o644)
+	collect(t, w, 5*time.Second, func(e []Event) bool { return has(e, "n1/n2/later", Write) })
+
+	// Rename inside the tree: events follow the new name.
+	if err := os.Rename(filepath.Join(dir, "n1"), filepath.Join(dir, "m1")); err != nil {
+		t.Fatal(err)
+	}
+	collect(t, w, 5*time.Second, func(e []Event) bool { return has(e, "n1", Rename) && has(e, "m1", Create) })
+	os.WriteFile(filepath.Join(dir, "m1", "n2", "after"), []byte("x"), 0o644)
+	got = collect(t, w, 5*time.Second, func(e []Event) bool { return has(e, "m1/n2/after", Write) })
+	for _, e := range got {
+		if strings.HasPrefix(e.Name, "n1/") {
+			t.Errorf("stale name after rename: %v", e)
+		}
+	}
+	// Moved out of the tree: no more events from it, and its watches are gone.
+	out := t.TempDir()
+	if err := os.Rename(filepath.Join(dir, "m1"), filepath.Join(out, "m1")); err != nil {
+		t.Fatal(err)
+	}
+	collect(t, w, 5*time.Second, func(e []Event) bool { return has(e, "m1", Rename) })
+	os.WriteFile(filepath.Join(out, "m1", "n2", "outside"), []byte("x"), 0o644)
+	os.WriteFile(filepath.Join(dir, "marker"), nil, 0o644)
+	got = collect(t, w, 5*time.Second, func(e []Event) bool { return has(e, "marker", Create) })
+	for _, e := range got {
+		if strings.Contains(e.Name, "outside") {
+			t.Errorf("event from a directory moved out of the tree: %v", e)
+		}
+	}
+}
+
+func TestFlagOrder(t *testing.T) {
+	// A single kernel event with several flags is split in WIRE §6.8 order.
+	w := &Watcher{wds: map[int32]string{1: ""}, rootWd: 1, pending: map[uint32]string{}}
+	name := "f"
+	buf := make([]byte, unix.SizeofInotifyEvent+16)
+	ev := (*unix.InotifyEvent)(unsafeptr(buf))
+	ev.Wd = 1
+	ev.Mask = unix.IN_DELETE | unix.IN_MODIFY | unix.IN_ATTRIB | unix.IN_MOVED_FROM | unix.IN_CREATE
+	ev.Len = 16
+	copy(buf[unix.SizeofInotifyEvent:], name)
+	got, err := w.parse(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ops []Op
+	for _, e := range got {
+		ops = append(ops, e.Op)
+	}
+	if want := []Op{Create, Rename, Chmod, Write, Remove}; !slices.Equal(ops, want) {
+		t.Fatalf("order %v, want %v", ops, want)
+	}
+}
+
+func TestOverflowEndsWatcher(t *testing.T) {
+	dir := t.TempDir()
+	w, err := New(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	os.WriteFile(a, nil, 0o644)
+	os.WriteFile(b, nil, 0o644)
+	// Nobody reads Events: the batch queue fills, then the kernel queue.
+	// Alternating files defeats the kernel's merging of identical events.
+	limit := 16384
+	if s, err := os.ReadFile("/proc/sys/fs/inotify/max_queued_events"); err == nil {
+		fmt.Sscan(string(s), &limit)
+	}
+	if limit > 200000 {
+		t.Skipf("max_queued_events = %d is too large to overflow quickly", limit)
+	}
+	for i := 0; i < limit*2+20000; i++ {
+		p := a
+		if i%2 == 1 {
+			p = b
+		}
+		os.Chmod(p, os.FileMode(0o600|i%2*0o044))
+	}
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case _, ok := <-w.Events():
+			if !ok {
+				if !errors.Is(w.Err(), ErrOverflow) {
+					t.Fatalf("err = %v, want overflow", w.Err())
+				}
+				return
+			}
+		case <-deadline:
+			t.Fatal("no overflow reported")
+		}
+	}
+}
+
+func TestCloseReleases(t *testing.T) {
+	dir := t.TempDir()
+	for i := range 20 {
+		os.MkdirAll(filepath.Join(dir, fmt.Sprint(i), "x"), 0o755)
+	}
+	before := fdCount(t)
+	for range 50 {
+		w, err := New(dir, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w.watchCount() != 41 {
+			t.Fatalf("watching %d dirs, want 41", w.watchCount())
+		}
+		w.Close()
+		w.Close() // idempotent
+		if !errors.Is(w.Err(), ErrClosed) {
+			t.Fatalf("Err after Close = %v", w.Err())
+		}
+		if _, ok := <-w.Events(); ok {
+			t.Fatal("events channel open after Close")
+		}
+	}
+	if after := fdCount(t); after != before {
+		t.Fatalf("fds: %d before, %d after", before, after)
+	}
+}
+
+func TestNotADirectory(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "f")
+	os.WriteFile(f, nil, 0o644)
+	if _, err := New(f, false); err == nil {
+		t.Fatal("watching a file succeeded")
+	}
+	if _, err := New(filepath.Join(f, "missing"), true); err == nil {
+		t.Fatal("watching a missing path succeeded")
+	}
+}
+
+// TestTmpfileEvents pins down what the /files upload relies on: writes to
+// an O_TMPFILE inode are reported in its directory under "#<inode>" (so
+// staging is not invisible), and after linking it in, a truncate through the
+// final path is reported as WRITE under the final name.
+func TestTmpfileEvents(t *testing.T) {
+	dir := t.TempDir()
+	w, err := New(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_WRONLY, 0o644)
+	if err != nil {
+		t.Skipf("no O_TMPFILE here: %v", err)
+	}
+	f := os.NewFile(uintptr(fd), "tmp")
+	defer f.Close()
+	f.Write([]byte("hello"))
+	final := filepath.Join(dir, "final")
+	if err := unix.Linkat(fd, "", unix.AT_FDCWD, final, unix.AT_EMPTY_PATH); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(final, 5)
+	got := collect(t, w, 5*time.Second, func(e []Event) bool { return has(e, "final", Write) })
+	if !has(got, "final", Create) {
+		t.Errorf("no CREATE for the linked file: %v", got)
+	}
+}
+
+func TestWatchLimitErrorIsClear(t *testing.T) {
+	// Raising or lowering fs.inotify.max_user_watches would touch the whole
+	// machine, so the ENOSPC path is checked on the error it builds.
+	err := addErr("/some/dir", unix.ENOSPC)
+	for _, want := range []string{"inotify watch limit reached", "/some/dir", "fs.inotify.max_user_watches = ", "sysctl"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("%q lacks %q", err, want)
+		}
+	}
+	if !errors.Is(err, unix.ENOSPC) {
+		t.Error("not wrapping ENOSPC")
+	}
+}

@@ -1,0 +1,54 @@
+// Package fsplugin makes the filesystem service and /files the envd-fs plugin.
+package fsplugin
+
+import (
+	"context"
+	"net/http"
+
+	"connectrpc.com/connect"
+	controlpb "github.com/envd-project/envd/gen/control"
+	fspb "github.com/envd-project/envd/gen/filesystem"
+	"github.com/envd-project/envd/plugins/connectadapter"
+	"github.com/envd-project/envd/plugins/contract"
+	"github.com/envd-project/envd/plugins/defaults"
+	"github.com/envd-project/envd/plugins/filesystem"
+	"github.com/envd-project/envd/plugins/grpcadapter"
+	"github.com/envd-project/envd/plugins/pluginmain"
+	"google.golang.org/grpc"
+)
+
+// Spec is the envd-fs plugin.
+var Spec = pluginmain.Spec{Name: contract.FS, New: build}
+
+type subsystem struct {
+	svc   *filesystem.Service
+	files http.Handler
+	defs  *defaults.Store
+}
+
+func build(env pluginmain.Env) (pluginmain.Subsystem, error) {
+	return &subsystem{
+		svc:   filesystem.New(env.Log, env.Defaults, env.Users),
+		files: filesystem.NewFilesHandler(env.Log, env.Defaults, env.Users),
+		defs:  env.Defaults,
+	}, nil
+}
+
+func (s *subsystem) Configure(_ context.Context, cfg *controlpb.Config) error {
+	s.defs.Set(cfg)
+	return nil
+}
+
+func (s *subsystem) SnapshotPrepare(ctx context.Context) error  { return s.svc.SnapshotPrepare(ctx) }
+func (s *subsystem) SnapshotRestored(ctx context.Context) error { return s.svc.SnapshotRestored(ctx) }
+func (s *subsystem) Shutdown(ctx context.Context) error         { return s.svc.Shutdown(ctx) }
+
+func (s *subsystem) RegisterGRPC(srv *grpc.Server) {
+	fspb.RegisterFilesystemServer(srv, grpcadapter.NewFilesystemServer(s.svc))
+}
+
+func (s *subsystem) Mount(mux *http.ServeMux, opts ...connect.HandlerOption) {
+	mux.Handle(connectadapter.NewFilesystemHandler(s.svc, opts...))
+}
+
+func (s *subsystem) HTTPHandler() http.Handler { return s.files }

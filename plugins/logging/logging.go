@@ -1,0 +1,24 @@
+// Package logging builds the zap logger every envd process uses: JSON lines
+// on stderr, which envd-init reads back from its plugins and re-logs with
+// the plugin's name.
+package logging
+
+import (
+	"os"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// New returns a JSON logger on stderr; verbose enables debug level.
+func New(verbose bool) *zap.Logger {
+	level := zapcore.InfoLevel
+	if verbose {
+		level = zapcore.DebugLevel
+	}
+	enc := zap.NewProductionEncoderConfig()
+	enc.TimeKey = "timestamp"
+	enc.EncodeTime = zapcore.RFC3339NanoTimeEncoder
+	core := zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.Lock(os.Stderr), level)
+	return zap.New(core, zap.AddCaller())
+}

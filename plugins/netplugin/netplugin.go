@@ -1,0 +1,91 @@
+// Package netplugin makes the port subsystem the envd-net plugin. It serves
+// no public RPC: envd-init drives it through the control API (config,
+// snapshot prepare and restore).
+package netplugin
+
+import (
+	"context"
+	"net/http"
+	"net/netip"
+
+	"connectrpc.com/connect"
+	controlpb "github.com/envd-project/envd/gen/control"
+	"github.com/envd-project/envd/plugins/contract"
+	"github.com/envd-project/envd/plugins/pluginmain"
+	"github.com/envd-project/envd/plugins/ports"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+)
+
+// Spec is the envd-net plugin.
+var Spec = pluginmain.Spec{Name: contract.Net, New: build}
+
+type subsystem struct {
+	log  *zap.Logger
+	mgr  *ports.Manager
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+func build(env pluginmain.Env) (pluginmain.Subsystem, error) {
+	s := &subsystem{log: env.Log, mgr: ports.New(env.Log, ports.Options{}), done: make(chan struct{})}
+	ctx, cancel := context.WithCancel(env.Run)
+	s.stop = cancel
+	go func() {
+		defer close(s.done)
+		if err := s.mgr.Run(ctx); err != nil && ctx.Err() == nil {
+			env.Log.Error("port forwarding stopped", zap.Error(err))
+		}
+	}()
+	return s, nil
+}
+
+// Options maps the pushed config onto the port manager's options.
+func Options(cfg *controlpb.Config, log *zap.Logger) ports.Options {
+	var opts ports.Options
+	if a := cfg.GetForwardAddress(); a != "" {
+		addr, err := netip.ParseAddr(a)
+		if err != nil {
+			log.Warn("bad forward address", zap.String("addr", a), zap.Error(err))
+		} else {
+			opts.ExternalAddrs = []netip.Addr{addr}
+		}
+	}
+	for _, p := range cfg.GetReservedPorts() {
+		if p > 0 && p < 1<<16 {
+			opts.Reserved = append(opts.Reserved, uint16(p))
+		}
+	}
+	return opts
+}
+
+func (s *subsystem) Configure(_ context.Context, cfg *controlpb.Config) error {
+	s.mgr.SetOptions(Options(cfg, s.log))
+	return nil
+}
+
+func (s *subsystem) SnapshotPrepare(context.Context) error {
+	s.mgr.Pause()
+	return nil
+}
+
+func (s *subsystem) SnapshotRestored(context.Context) error {
+	s.mgr.Resume()
+	return nil
+}
+
+func (s *subsystem) Shutdown(ctx context.Context) error {
+	s.stop()
+	select {
+	case <-s.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *subsystem) RegisterGRPC(*grpc.Server) {}
+
+func (s *subsystem) Mount(*http.ServeMux, ...connect.HandlerOption) {}
+
+func (s *subsystem) HTTPHandler() http.Handler { return nil }

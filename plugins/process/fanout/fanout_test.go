@@ -1,0 +1,202 @@
+package fanout
+
+import (
+	"sync"
+	"testing"
+	"time"
+)
+
+func drain[T any](s *Sub[T]) []T {
+	var out []T
+	for v := range s.C() {
+		s.Taken(v)
+		out = append(out, v)
+	}
+	return out
+}
+
+func one(int) int { return 1 }
+
+func entries(n int) Limits { return Limits{Bytes: 1 << 30, Entries: n} }
+
+func TestNoSubscriberDrops(t *testing.T) {
+	h := New[int](DropSubscriber, entries(4), one)
+	if h.HasSubscribers() {
+		t.Fatal("fresh hub has subscribers")
+	}
+	if n := h.Publish(1); n != 0 {
+		t.Fatalf("Publish with no subscriber queued %d", n)
+	}
+	s := h.Subscribe()
+	h.Publish(2)
+	h.Close()
+	if got := drain(s); len(got) != 1 || got[0] != 2 {
+		t.Fatalf("got %v, want only the value published after Subscribe", got)
+	}
+}
+
+func TestCloseDeliversQueuedThenCloses(t *testing.T) {
+	h := New[int](DropSubscriber, entries(8), one)
+	a, b := h.Subscribe(), h.Subscribe()
+	for i := range 5 {
+		if n := h.Publish(i); n != 2 {
+			t.Fatalf("Publish queued %d, want 2", n)
+		}
+	}
+	h.Close()
+	h.Close() // idempotent
+	h.Publish(99)
+	for _, s := range []*Sub[int]{a, b} {
+		got := drain(s)
+		if len(got) != 5 || s.Lagged() {
+			t.Fatalf("got %v lagged %v", got, s.Lagged())
+		}
+	}
+	late := h.Subscribe()
+	if got := drain(late); len(got) != 0 {
+		t.Fatalf("late subscriber got %v", got)
+	}
+}
+
+// A stalled subscriber never blocks Publish; under DropSubscriber it is
+// cut off and learns why, while others keep everything.
+func TestStalledSubscriberCutOff(t *testing.T) {
+	h := New[int](DropSubscriber, entries(4), one)
+	stalled := h.Subscribe()
+	fast := h.Subscribe()
+	var got []int
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		got = drain(fast)
+	}()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 1000 {
+			h.Publish(i)
+			// Let the fast reader keep up; the stalled one never reads.
+			for len(fast.ch) > 2 {
+				time.Sleep(time.Microsecond)
+			}
+		}
+		h.Close()
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Publish blocked on a stalled subscriber")
+	}
+	wg.Wait()
+	if len(got) != 1000 {
+		t.Fatalf("fast subscriber got %d values", len(got))
+	}
+	q := drain(stalled)
+	if !stalled.Lagged() || len(q) != 4 || q[0] != 0 || q[3] != 3 {
+		t.Fatalf("stalled: lagged %v queue %v", stalled.Lagged(), q)
+	}
+	h.Unsubscribe(stalled) // safe after being cut off
+}
+
+func TestStalledSubscriberDropData(t *testing.T) {
+	h := New[int](DropData, entries(3), one)
+	s := h.Subscribe()
+	for i := range 10 {
+		h.Publish(i)
+	}
+	if s.Dropped() != 7 {
+		t.Fatalf("dropped %d, want 7", s.Dropped())
+	}
+	s.Taken(<-s.C())
+	h.Publish(10) // room again: delivered
+	h.Close()
+	got := drain(s)
+	if s.Lagged() || len(got) != 3 || got[2] != 10 {
+		t.Fatalf("got %v lagged %v", got, s.Lagged())
+	}
+}
+
+func TestUnsubscribe(t *testing.T) {
+	h := New[int](DropSubscriber, entries(0), one) // bound is at least 1
+	s := h.Subscribe()
+	h.Unsubscribe(s)
+	h.Unsubscribe(s)
+	if h.HasSubscribers() || h.Publish(1) != 0 {
+		t.Fatal("unsubscribed subscriber still receives")
+	}
+	h.Close()
+	h.Unsubscribe(s)
+}
+
+func TestConcurrentUse(t *testing.T) {
+	h := New[int](DropSubscriber, entries(16), one)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 50 {
+				s := h.Subscribe()
+				select {
+				case v := <-s.C():
+					s.Taken(v)
+				default:
+				}
+				h.Unsubscribe(s)
+			}
+		}()
+	}
+	for i := range 2000 {
+		h.Publish(i)
+	}
+	wg.Wait()
+	h.Close()
+}
+
+func BenchmarkPublish4Subscribers(b *testing.B) {
+	h := New[[]byte](DropData, Limits{Bytes: 4 << 20, Entries: 128}, func(b []byte) int { return len(b) })
+	var wg sync.WaitGroup
+	for range 4 {
+		s := h.Subscribe()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for v := range s.C() {
+				s.Taken(v)
+			}
+		}()
+	}
+	chunk := make([]byte, 32<<10)
+	b.SetBytes(int64(len(chunk)))
+	for b.Loop() {
+		h.Publish(chunk)
+	}
+	h.Close()
+	wg.Wait()
+}
+
+// The byte budget bounds a subscriber whose chunks are large, while one
+// chunk always fits an empty queue.
+func TestByteBudget(t *testing.T) {
+	size := func(b []byte) int { return len(b) }
+	h := New[[]byte](DropSubscriber, Limits{Bytes: 100, Entries: 1000}, size)
+	s := h.Subscribe()
+	if h.Publish(make([]byte, 500)) != 1 {
+		t.Fatal("an oversized chunk must fit an empty queue")
+	}
+	s.Taken(<-s.C())
+	for range 10 {
+		h.Publish(make([]byte, 10))
+	}
+	if s.Lagged() {
+		t.Fatal("cut off within budget")
+	}
+	h.Publish(make([]byte, 1))
+	if !s.Lagged() {
+		t.Fatal("over budget but not cut off")
+	}
+	if got := drain(s); len(got) != 10 {
+		t.Fatalf("queued %d chunks, want 10", len(got))
+	}
+}

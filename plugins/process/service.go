@@ -1,0 +1,283 @@
+// Package process is envd-proc's process service (shared/spec/WIRE.md §5):
+// it starts user commands in pipe or PTY mode, fans their output out to any
+// number of streams, and takes input, resizes and signals for them.
+//
+// The process table belongs to the Service, not to any RPC: a Start stream
+// that ends (client gone, deadline hit) leaves its process running, and each
+// process has one lifecycle goroutine that drains its output, reaps it
+// through its own exec.Cmd (never wait4(-1): envd-init is the one reaper of
+// orphans, ARCHITECTURE principle 3) and publishes the end event.
+package process
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"os/exec"
+	"slices"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	"go.uber.org/zap"
+
+	procpb "github.com/envd-project/envd/gen/process"
+	"github.com/envd-project/envd/plugins/cgroups"
+	"github.com/envd-project/envd/plugins/defaults"
+	"github.com/envd-project/envd/plugins/process/fanout"
+	"github.com/envd-project/envd/plugins/service"
+	"github.com/envd-project/envd/plugins/users"
+)
+
+const (
+	// retention is how long an exited process's end event stays available
+	// to Connect (WIRE §5.2, E2B behaviour).
+	retention = 30 * time.Second
+)
+
+// subscriberLimits bound the output queued for one subscriber that reads
+// slower than the process writes. Memory is spent only while a subscriber
+// lags; a burst larger than this cuts a pipe subscriber off (or drops
+// terminal output for it), see package fanout.
+var subscriberLimits = fanout.Limits{Bytes: 8 << 20, Entries: 4096}
+
+// Service implements service.Process.
+type Service struct {
+	log  *zap.Logger
+	defs *defaults.Store
+	db   *users.DB
+	cg   cgroups.Manager
+	wrap wrapper
+
+	// limits and retain are the per-subscriber bound and the end-event
+	// retention (fields so tests can shrink them).
+	limits fanout.Limits
+	retain time.Duration
+
+	mu       sync.Mutex
+	seq      uint64
+	live     map[uint32]*proc // started and not yet reaped
+	retained map[uint32]*proc // exited within the last 30 s
+	closing  bool
+	running  sync.WaitGroup // one per lifecycle goroutine
+}
+
+var _ service.Process = (*Service)(nil)
+
+// New returns a process service. db nil means users.Default; cg nil means
+// cgroups.Noop.
+func New(log *zap.Logger, defs *defaults.Store, db *users.DB, cg cgroups.Manager) *Service {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if defs == nil {
+		defs = defaults.NewStore(nil)
+	}
+	if db == nil {
+		db = users.Default
+	}
+	if cg == nil {
+		cg = cgroups.Noop{}
+	}
+	return &Service{
+		log:      log,
+		defs:     defs,
+		db:       db,
+		cg:       cg,
+		wrap:     newWrapper(exec.LookPath),
+		limits:   subscriberLimits,
+		retain:   retention,
+		live:     map[uint32]*proc{},
+		retained: map[uint32]*proc{},
+	}
+}
+
+// register puts a freshly started process into the live table. It fails
+// once Shutdown has begun; the caller then kills what it started.
+func (s *Service) register(p *proc) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.seq++
+	p.seq = s.seq
+	s.live[p.pid] = p
+	// A new process with the same pid or tag supersedes a retained end.
+	delete(s.retained, p.pid)
+	if p.tag != nil {
+		for pid, r := range s.retained {
+			if r.tag != nil && *r.tag == *p.tag {
+				delete(s.retained, pid)
+			}
+		}
+	}
+	return true
+}
+
+// beginLifecycle accounts for a lifecycle goroutine about to start; it
+// fails once Shutdown has begun so that Shutdown's wait covers every one.
+func (s *Service) beginLifecycle() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.running.Add(1)
+	return true
+}
+
+// reaped moves p from the live table to the retention table. It is called
+// after p was reaped and before its end event is published, so a Connect
+// always finds the process in one of the two tables.
+func (s *Service) reaped(p *proc) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.live[p.pid] == p {
+		delete(s.live, p.pid)
+	}
+	if s.closing {
+		return
+	}
+	s.retained[p.pid] = p
+	p.expiry = time.AfterFunc(s.retain, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.retained[p.pid] == p {
+			delete(s.retained, p.pid)
+		}
+	})
+}
+
+func errNoSelector() error {
+	return connect.NewError(connect.CodeUnimplemented, fmt.Errorf("invalid process selector: neither pid nor tag set"))
+}
+
+func errNotFound(sel *procpb.ProcessSelector) error {
+	if _, ok := sel.GetSelector().(*procpb.ProcessSelector_Tag); ok {
+		return connect.NewError(connect.CodeNotFound, fmt.Errorf("process with tag %s not found", sel.GetTag()))
+	}
+	return connect.NewError(connect.CodeNotFound, fmt.Errorf("process with pid %d not found", sel.GetPid()))
+}
+
+// lookup resolves a selector against the live table (WIRE §5.7); with
+// withRetained it also finds processes that exited in the last 30 s. A tag
+// matches the earliest-started live process carrying it, searching all.
+func (s *Service) lookup(sel *procpb.ProcessSelector, withRetained bool) (*proc, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	tables := []map[uint32]*proc{s.live}
+	if withRetained {
+		tables = append(tables, s.retained)
+	}
+	switch v := sel.GetSelector().(type) {
+	case *procpb.ProcessSelector_Pid:
+		for _, t := range tables {
+			if p, ok := t[v.Pid]; ok {
+				return p, nil
+			}
+		}
+	case *procpb.ProcessSelector_Tag:
+		for _, t := range tables {
+			var best *proc
+			for _, p := range t {
+				if p.tag != nil && *p.tag == v.Tag && (best == nil || p.seq < best.seq) {
+					best = p
+				}
+			}
+			if best != nil {
+				return best, nil
+			}
+		}
+	default:
+		return nil, errNoSelector()
+	}
+	return nil, errNotFound(sel)
+}
+
+// List implements service.Process: every process not yet reaped, with its
+// config as sent, in start order.
+func (s *Service) List(ctx context.Context, req *procpb.ListRequest) (*procpb.ListResponse, error) {
+	s.mu.Lock()
+	procs := make([]*proc, 0, len(s.live))
+	for _, p := range s.live {
+		procs = append(procs, p)
+	}
+	s.mu.Unlock()
+	slices.SortFunc(procs, func(a, b *proc) int { return cmp.Compare(a.seq, b.seq) })
+	resp := &procpb.ListResponse{Processes: make([]*procpb.ProcessInfo, 0, len(procs))}
+	for _, p := range procs {
+		resp.Processes = append(resp.Processes, &procpb.ProcessInfo{Config: p.config, Pid: p.pid, Tag: p.tag})
+	}
+	return resp, nil
+}
+
+// Shutdown SIGKILLs every live process and its process group, waits until
+// each is reaped and its streams have received the end event, and refuses
+// new Starts. It is idempotent; ctx bounds the wait.
+func (s *Service) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	procs := make([]*proc, 0, len(s.live))
+	for _, p := range s.live {
+		procs = append(procs, p)
+	}
+	for pid, p := range s.retained {
+		if p.expiry != nil {
+			p.expiry.Stop()
+		}
+		delete(s.retained, pid)
+	}
+	s.mu.Unlock()
+
+	for _, p := range procs {
+		p.killAll()
+	}
+	done := make(chan struct{})
+	go func() {
+		s.running.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		n := len(s.live)
+		s.mu.Unlock()
+		return fmt.Errorf("process shutdown: %d processes not reaped: %w", n, ctx.Err())
+	}
+}
+
+// SnapshotPrepare is called before the VM is paused for a snapshot. The
+// process service has nothing to quiesce: children, pipes and PTYs are
+// kernel objects captured with the VM, output readers sit in the netpoller,
+// and no timer misbehaves while the VM is frozen. It drops nothing, so
+// every stream and process stays usable after the restore.
+func (s *Service) SnapshotPrepare(ctx context.Context) error {
+	s.mu.Lock()
+	n := len(s.live)
+	s.mu.Unlock()
+	s.log.Debug("snapshot prepare", zap.Int("live_processes", n))
+	return nil
+}
+
+// SnapshotRestored is called after the VM resumed and its wall clock was
+// set again (after /init). Go timers run on the monotonic clock, which does
+// not advance while the VM is paused, so a kill deadline would otherwise be
+// pushed back by the length of the pause. A deadline is the client's
+// wall-clock intent (Connect-Timeout-Ms), so every kill timer is re-armed
+// against the wall clock: processes whose deadline passed during the pause
+// are killed now.
+func (s *Service) SnapshotRestored(ctx context.Context) error {
+	s.mu.Lock()
+	procs := make([]*proc, 0, len(s.live))
+	for _, p := range s.live {
+		procs = append(procs, p)
+	}
+	s.mu.Unlock()
+	for _, p := range procs {
+		p.rearmDeadline()
+	}
+	return nil
+}

@@ -1,0 +1,57 @@
+// Package procplugin makes the process service the envd-proc plugin.
+package procplugin
+
+import (
+	"context"
+	"net/http"
+
+	"connectrpc.com/connect"
+	controlpb "github.com/envd-project/envd/gen/control"
+	procpb "github.com/envd-project/envd/gen/process"
+	"github.com/envd-project/envd/plugins/cgroups"
+	"github.com/envd-project/envd/plugins/connectadapter"
+	"github.com/envd-project/envd/plugins/contract"
+	"github.com/envd-project/envd/plugins/defaults"
+	"github.com/envd-project/envd/plugins/grpcadapter"
+	"github.com/envd-project/envd/plugins/pluginmain"
+	"github.com/envd-project/envd/plugins/process"
+	"google.golang.org/grpc"
+)
+
+// Spec is the envd-proc plugin.
+var Spec = pluginmain.Spec{Name: contract.Proc, New: build}
+
+type subsystem struct {
+	svc  *process.Service
+	defs *defaults.Store
+	cg   cgroups.Manager
+}
+
+func build(env pluginmain.Env) (pluginmain.Subsystem, error) {
+	cg := cgroups.Setup(env.CgroupRoot, !env.NoCgroups, env.Log)
+	return &subsystem{svc: process.New(env.Log, env.Defaults, env.Users, cg), defs: env.Defaults, cg: cg}, nil
+}
+
+func (s *subsystem) Configure(_ context.Context, cfg *controlpb.Config) error {
+	s.defs.Set(cfg)
+	return nil
+}
+
+func (s *subsystem) SnapshotPrepare(ctx context.Context) error  { return s.svc.SnapshotPrepare(ctx) }
+func (s *subsystem) SnapshotRestored(ctx context.Context) error { return s.svc.SnapshotRestored(ctx) }
+
+func (s *subsystem) Shutdown(ctx context.Context) error {
+	err := s.svc.Shutdown(ctx)
+	_ = s.cg.Close()
+	return err
+}
+
+func (s *subsystem) RegisterGRPC(srv *grpc.Server) {
+	procpb.RegisterProcessServer(srv, grpcadapter.NewProcessServer(s.svc))
+}
+
+func (s *subsystem) Mount(mux *http.ServeMux, opts ...connect.HandlerOption) {
+	mux.Handle(connectadapter.NewProcessHandler(s.svc, opts...))
+}
+
+func (s *subsystem) HTTPHandler() http.Handler { return nil }

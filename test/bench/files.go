@@ -1,0 +1,235 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"mime/multipart"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"connectrpc.com/connect"
+	fspb "github.com/envd-project/envd/gen/filesystem"
+	"github.com/envd-project/envd/gen/filesystem/filesystemconnect"
+	"github.com/envd-project/envd/test/envdtest"
+)
+
+const transferSize = 100 << 20
+
+// mibps converts a transfer time into MiB/s.
+func mibps(d time.Duration) float64 { return float64(transferSize) / (1 << 20) / d.Seconds() }
+
+func uploadOctet(url, path string, src string) error {
+	f, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	req, err := http.NewRequest(http.MethodPost, url+"/files?path="+path, f)
+	if err != nil {
+		return err
+	}
+	req.ContentLength = transferSize
+	req.Header.Set("Content-Type", "application/octet-stream")
+	return do(req)
+}
+
+func uploadMultipart(url, path string, src string) error {
+	pr, pw := io.Pipe()
+	mw := multipart.NewWriter(pw)
+	go func() {
+		f, err := os.Open(src)
+		if err != nil {
+			pw.CloseWithError(err)
+			return
+		}
+		defer f.Close()
+		part, err := mw.CreateFormFile("file", path)
+		if err == nil {
+			_, err = io.Copy(part, f)
+		}
+		if err == nil {
+			err = mw.Close()
+		}
+		pw.CloseWithError(err)
+	}()
+	req, err := http.NewRequest(http.MethodPost, url+"/files", pr)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	return do(req)
+}
+
+func download(url, path string) error {
+	res, err := http.Get(url + "/files?path=" + path)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	n, err := io.Copy(io.Discard, res.Body)
+	if err != nil {
+		return err
+	}
+	if res.StatusCode != http.StatusOK || n != transferSize {
+		return fmt.Errorf("download: status %d, %d bytes", res.StatusCode, n)
+	}
+	return nil
+}
+
+func do(req *http.Request) error {
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	body, _ := io.ReadAll(res.Body)
+	if res.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s %s: %d %s", req.Method, req.URL.Path, res.StatusCode, body)
+	}
+	return nil
+}
+
+// best runs fn n times and keeps the fastest: the machine is shared, and
+// the fastest run is the least disturbed one.
+func best(n int, fn func() error) (time.Duration, error) {
+	var b time.Duration
+	for i := 0; i < n; i++ {
+		t0 := time.Now()
+		if err := fn(); err != nil {
+			return 0, err
+		}
+		if d := time.Since(t0); b == 0 || d < b {
+			b = d
+		}
+	}
+	return b, nil
+}
+
+func benchFiles() error {
+	e, err := envdtest.StartE()
+	if err != nil {
+		return err
+	}
+	defer e.Stop()
+	stdURL, stop, err := standalone("envd-fs")
+	if err != nil {
+		return err
+	}
+	defer stop()
+	dir, err := os.MkdirTemp("/var/tmp", "envd-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	src := filepath.Join(dir, "src")
+	data := make([]byte, transferSize)
+	_, _ = rand.Read(data)
+	if err := os.WriteFile(src, data, 0o644); err != nil {
+		return err
+	}
+	data = nil
+	dst := filepath.Join(dir, "dst")
+	const n = 3
+	cp, err := best(n, func() error { return exec.Command("cp", src, dst).Run() })
+	if err != nil {
+		return err
+	}
+	up, err := best(n, func() error { return uploadOctet(e.URL, dst, src) })
+	if err != nil {
+		return err
+	}
+	upStd, err := best(n, func() error { return uploadOctet(stdURL, dst, src) })
+	if err != nil {
+		return err
+	}
+	mp, err := best(n, func() error { return uploadMultipart(e.URL, dst, src) })
+	if err != nil {
+		return err
+	}
+	down, err := best(n, func() error { return download(e.URL, src) })
+	if err != nil {
+		return err
+	}
+	downStd, err := best(n, func() error { return download(stdURL, src) })
+	if err != nil {
+		return err
+	}
+	add("cp of 100 MiB on the same disk", fmt.Sprintf("%.0f MiB/s", mibps(cp)), "", nil)
+	ratio := func(name string, d, base time.Duration, limit float64) {
+		r := float64(base) / float64(d)
+		add(name, fmt.Sprintf("%.0f MiB/s = %.2fx", mibps(d), r), fmt.Sprintf(">= %.2gx", limit), check(r >= limit))
+	}
+	ratio("upload octet-stream via envd-init vs cp", up, cp, 0.3)
+	ratio("download via envd-init vs cp", down, cp, 0.8)
+	ratio("upload multipart vs octet-stream (via envd-init)", mp, up, 0.8)
+	ratio("upload via envd-init vs standalone envd-fs", up, upStd, 0.95)
+	ratio("download via envd-init vs standalone envd-fs", down, downStd, 0.95)
+
+	// ListDir of 10,000 files through envd-init, Connect JSON.
+	list := filepath.Join(dir, "list")
+	if err := os.Mkdir(list, 0o755); err != nil {
+		return err
+	}
+	for i := 0; i < 10000; i++ {
+		if err := os.WriteFile(filepath.Join(list, fmt.Sprintf("f%05d", i)), nil, 0o644); err != nil {
+			return err
+		}
+	}
+	cl := filesystemconnect.NewFilesystemClient(http.DefaultClient, e.URL, connect.WithProtoJSON())
+	var runs []time.Duration
+	for i := 0; i < 10; i++ {
+		t0 := time.Now()
+		res, err := cl.ListDir(context.Background(), connect.NewRequest(&fspb.ListDirRequest{Path: list, Depth: 1}))
+		if err != nil {
+			return err
+		}
+		if len(res.Msg.GetEntries()) != 10000 {
+			return fmt.Errorf("ListDir returned %d entries", len(res.Msg.GetEntries()))
+		}
+		runs = append(runs, time.Since(t0))
+	}
+	m := median(runs)
+	add("ListDir of 10,000 files, Connect JSON (p50 of 10)", m.Round(100*time.Microsecond).String(), "< 60ms", check(m < 60*time.Millisecond))
+
+	// Watch latency: a write in the sandbox to the event at the client.
+	watched := filepath.Join(dir, "watched")
+	if err := os.Mkdir(watched, 0o755); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stream, err := cl.WatchDir(ctx, connect.NewRequest(&fspb.WatchDirRequest{Path: watched}))
+	if err != nil {
+		return err
+	}
+	defer stream.Close()
+	if !stream.Receive() {
+		return fmt.Errorf("watch: no start event: %v", stream.Err())
+	}
+	var lat []time.Duration
+	for i := 0; i < 50; i++ {
+		name := fmt.Sprintf("w%d", i)
+		t0 := time.Now()
+		if err := os.WriteFile(filepath.Join(watched, name), []byte("x"), 0o644); err != nil {
+			return err
+		}
+		for stream.Receive() {
+			if ev := stream.Msg().GetFilesystem(); ev != nil && ev.GetName() == name {
+				break
+			}
+		}
+		lat = append(lat, time.Since(t0))
+		// Let the CHMOD/WRITE events of this file drain before the next.
+		time.Sleep(2 * time.Millisecond)
+	}
+	wm := median(lat)
+	add("file write to watch event at the client (p50 of 50)", wm.Round(10*time.Microsecond).String(), "< 20ms", check(wm < 20*time.Millisecond))
+	_ = bytes.MinRead
+	return nil
+}

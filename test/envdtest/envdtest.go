@@ -1,0 +1,327 @@
+// Package envdtest starts the real envd bundle for integration tests and
+// benchmarks, and builds the clients of every protocol envd serves.
+package envdtest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+)
+
+var (
+	buildOnce sync.Once
+	bundleDir string
+	buildErr  error
+)
+
+// Bundle returns the directory of a built bundle: $ENVD_BUNDLE, else one
+// built once into a temporary directory.
+func Bundle() (string, error) {
+	buildOnce.Do(func() {
+		if dir := os.Getenv("ENVD_BUNDLE"); dir != "" {
+			bundleDir = dir
+			return
+		}
+		dir, err := os.MkdirTemp("", "envd-bundle-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		root, err := moduleRoot()
+		if err != nil {
+			buildErr = err
+			return
+		}
+		cmd := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(dir, "envd-init"), "./cmd/envd-init")
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("building bundle: %v\n%s", err, out)
+			return
+		}
+		for _, p := range []string{"envd-proc", "envd-fs", "envd-net"} {
+			if err := os.Link(filepath.Join(dir, "envd-init"), filepath.Join(dir, p)); err != nil {
+				buildErr = err
+				return
+			}
+		}
+		bundleDir = dir
+	})
+	return bundleDir, buildErr
+}
+
+func moduleRoot() (string, error) {
+	_, file, _, _ := runtime.Caller(0)
+	dir := filepath.Dir(file)
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("go.mod not found")
+		}
+		dir = parent
+	}
+}
+
+// Envd is one running envd-init tree.
+type Envd struct {
+	Cmd  *exec.Cmd
+	Port int
+	URL  string
+	log  *lockedBuffer
+	done chan struct{}
+	err  error
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// FreePort returns a TCP port that was free a moment ago.
+func FreePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Start runs envd-init with --isnotfc --no-cgroups on a free port plus the
+// extra flags, and waits for its /health. The tree is stopped at cleanup.
+func Start(tb testing.TB, flags ...string) *Envd {
+	tb.Helper()
+	e, err := StartE(flags...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := e.Stop(); err != nil {
+			tb.Errorf("stopping envd: %v\n%s", err, e.Log())
+		}
+		if tb.Failed() {
+			tb.Logf("envd log:\n%s", e.Log())
+		}
+	})
+	return e
+}
+
+// StartE is Start without a testing.TB (benchmarks, tools).
+func StartE(flags ...string) (*Envd, error) {
+	dir, err := Bundle()
+	if err != nil {
+		return nil, err
+	}
+	port, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	args := append([]string{"--isnotfc", "--port", strconv.Itoa(port)}, flags...)
+	if !hasFlag(flags, "--cgroup-root") {
+		args = append(args, "--no-cgroups")
+	}
+	e := &Envd{Port: port, URL: fmt.Sprintf("http://127.0.0.1:%d", port), log: &lockedBuffer{}, done: make(chan struct{})}
+	e.Cmd = exec.Command(filepath.Join(dir, "envd-init"), args...)
+	e.Cmd.Stdout, e.Cmd.Stderr = e.log, e.log
+	e.Cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := e.Cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { e.err = e.Cmd.Wait(); close(e.done) }()
+	if err := e.WaitHealthy(15 * time.Second); err != nil {
+		_ = e.Stop()
+		return nil, fmt.Errorf("%w\n%s", err, e.Log())
+	}
+	return e, nil
+}
+
+func hasFlag(flags []string, name string) bool {
+	for _, f := range flags {
+		if f == name || strings.HasPrefix(f, name+"=") {
+			return true
+		}
+	}
+	return false
+}
+
+// WaitHealthy polls /health and a proxied RPC until both answer.
+func (e *Envd) WaitHealthy(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		select {
+		case <-e.done:
+			return fmt.Errorf("envd-init exited: %v", e.err)
+		default:
+		}
+		res, err := http.Get(e.URL + "/health")
+		if err == nil {
+			res.Body.Close()
+			if res.StatusCode < 300 && e.pluginsUp() {
+				return nil
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return errors.New("envd did not become healthy")
+}
+
+func (e *Envd) pluginsUp() bool {
+	for _, name := range []string{"envd-proc", "envd-fs", "envd-net"} {
+		if e.PluginPid(name) == 0 {
+			return false
+		}
+	}
+	// The plugins are up once they answer through the proxy.
+	req, _ := http.NewRequest(http.MethodPost, e.URL+"/process.Process/List", strings.NewReader("{}"))
+	req.Header.Set("Content-Type", "application/json")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false
+	}
+	res.Body.Close()
+	return res.StatusCode == http.StatusOK
+}
+
+// Log returns what the tree logged so far.
+func (e *Envd) Log() string { return e.log.String() }
+
+// Pid is envd-init's pid.
+func (e *Envd) Pid() int { return e.Cmd.Process.Pid }
+
+// PluginPid returns the pid of the named plugin (a child of envd-init), or 0.
+func (e *Envd) PluginPid(name string) int {
+	for _, pid := range Children(e.Pid()) {
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if strings.TrimSpace(string(comm)) == name {
+			return pid
+		}
+	}
+	return 0
+}
+
+// Children lists the child pids of pid.
+func Children(pid int) []int {
+	var out []int
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	for _, t := range tasks {
+		b, _ := os.ReadFile(t)
+		for _, f := range strings.Fields(string(b)) {
+			if n, err := strconv.Atoi(f); err == nil {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+// Stop sends SIGTERM and waits for envd-init to exit 0.
+func (e *Envd) Stop() error {
+	select {
+	case <-e.done:
+		return e.err
+	default:
+	}
+	_ = e.Cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-e.done:
+		return e.err
+	case <-time.After(15 * time.Second):
+		_ = syscall.Kill(-e.Cmd.Process.Pid, syscall.SIGKILL)
+		<-e.done
+		return errors.New("envd-init did not exit within 15s of SIGTERM")
+	}
+}
+
+// Done is closed when envd-init has exited.
+func (e *Envd) Done() <-chan struct{} { return e.done }
+
+// Protocol is one way to call envd.
+type Protocol struct {
+	Name    string
+	Client  *http.Client
+	Options []connect.ClientOption
+}
+
+// Protocols lists the four client protocols envd must serve.
+func Protocols() []Protocol {
+	h1 := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
+	h2t := &http.Transport{TLSClientConfig: &tls.Config{}}
+	h2t.Protocols = new(http.Protocols)
+	h2t.Protocols.SetUnencryptedHTTP2(true)
+	h2 := &http.Client{Transport: h2t}
+	return []Protocol{
+		{Name: "connect-json", Client: h1, Options: []connect.ClientOption{connect.WithProtoJSON()}},
+		{Name: "connect-proto", Client: h1},
+		{Name: "grpc-web", Client: h1, Options: []connect.ClientOption{connect.WithGRPCWeb()}},
+		{Name: "grpc", Client: h2, Options: []connect.ClientOption{connect.WithGRPC()}},
+	}
+}
+
+// BasicUser returns the Authorization header value selecting user.
+func BasicUser(user string) string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"))
+}
+
+// EnsureUser creates the conventional sandbox user `user` (home /home/user)
+// when it is missing; it needs root.
+func EnsureUser() error {
+	f, err := os.Open("/etc/passwd")
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), "user:") {
+			return nil
+		}
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("user `user` is missing and only root can create it")
+	}
+	out, err := exec.Command("useradd", "-m", "-s", "/bin/bash", "user").CombinedOutput()
+	if err != nil && !strings.Contains(string(out), "already exists") {
+		return fmt.Errorf("useradd: %v: %s", err, out)
+	}
+	return nil
+}
+
+// Ctx returns a context bounded for one test step.
+func Ctx(tb testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	tb.Cleanup(cancel)
+	return ctx
+}
