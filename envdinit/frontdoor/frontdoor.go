@@ -23,6 +23,7 @@ import (
 	"github.com/envd-project/envd/plugins/connectadapter"
 	"github.com/envd-project/envd/plugins/contract"
 	"github.com/envd-project/envd/plugins/grpcadapter"
+	"github.com/envd-project/envd/plugins/memtrim"
 	"github.com/rs/cors"
 	"go.uber.org/zap"
 )
@@ -46,6 +47,7 @@ type Options struct {
 // Server is the front door.
 type Server struct {
 	log   *zap.Logger
+	trim  *memtrim.Trimmer
 	http  *http.Server
 	mu    sync.Mutex
 	conns map[net.Conn]http.ConnState
@@ -56,7 +58,7 @@ const IdleTimeout = 640 * time.Second
 
 // New builds the front door's handler chain.
 func New(opts Options) *Server {
-	s := &Server{log: opts.Log, conns: map[net.Conn]http.ConnState{}}
+	s := &Server{log: opts.Log, conns: map[net.Conn]http.ConnState{}, trim: memtrim.New(trimIdle)}
 	mux := http.NewServeMux()
 	identity := connect.WithInterceptors(connectadapter.Identity(opts.Users))
 	mux.Handle(connectadapter.NewProcessHandler(&grpcadapter.ProcessClient{Plugin: contract.Proc, Conn: opts.Conn(contract.Proc)}, identity))
@@ -69,6 +71,7 @@ func New(opts Options) *Server {
 
 	var h http.Handler = mux
 	h = restIdentity(opts.Users, h)
+	h = s.trim.Middleware(h)
 	h = opts.Host.TokenGate(h)
 	h = newCORS().Handler(h)
 
@@ -152,8 +155,15 @@ func (s *Server) CloseIdle() {
 	}
 }
 
+// trimIdle is how long envd-init must go without a request before its free
+// heap is returned to the OS.
+const trimIdle = 3 * time.Second
+
 // Serve serves on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go s.trim.Run(ctx)
 	err := s.http.Serve(ln)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil

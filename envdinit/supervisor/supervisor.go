@@ -161,7 +161,8 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		StartTimeout:     s.opts.StartTimeout,
 		Logger:           hclog.New(&hclog.LoggerOptions{Output: io.Discard, Level: hclog.Off}),
-		Stderr:           &lineLogger{log: m.log},
+		// The plugin line carries its own caller; ours would be noise.
+		Stderr: &lineLogger{log: m.log.WithOptions(zap.WithCaller(false))},
 		// go-plugin hands over a template command carrying the handshake
 		// environment; we run our own executable with it.
 		RunnerFunc: func(_ hclog.Logger, tmpl *exec.Cmd, _ string) (runner.Runner, error) {

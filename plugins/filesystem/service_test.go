@@ -32,7 +32,7 @@ func TestStat(t *testing.T) {
 	os.Chtimes(f, mtime, mtime)
 	setMeta(t, f, "k", "v")
 	unix.Setxattr(f, MetadataPrefix+"bad", []byte{0xff, 0xfe}, 0) // not UTF-8: skipped
-	unix.Setxattr(f, "user.other", []byte("x"), 0)                 // other namespace: ignored
+	unix.Setxattr(f, "user.other", []byte("x"), 0)                // other namespace: ignored
 
 	r, err := s.Stat(ctx, &fspb.StatRequest{Path: f})
 	if err != nil {

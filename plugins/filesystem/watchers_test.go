@@ -338,3 +338,39 @@ func TestWatchTenThousandDirs(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "0", "0", "leaf"), []byte("x"), 0o644)
 	st.waitFor(t, "0/0/leaf", fspb.EventType_EVENT_TYPE_WRITE)
 }
+
+func TestWatchDirEndsWhenSendFails(t *testing.T) {
+	s := newSvc(t, "")
+	dir := t.TempDir()
+	fds, gor := fdCount(t), runtime.NumGoroutine()
+	gone := connect.NewError(connect.CodeCanceled, fmt.Errorf("client went away"))
+	done := make(chan error, 1)
+	go func() {
+		n := 0
+		done <- s.WatchDir(context.Background(), &fspb.WatchDirRequest{Path: dir, Recursive: true}, func(*fspb.WatchDirResponse) error {
+			n++
+			if n > 1 {
+				return gone
+			}
+			return nil
+		})
+	}()
+	deadline := time.After(10 * time.Second)
+	for i := 0; ; i++ {
+		os.WriteFile(filepath.Join(dir, fmt.Sprint(i)), nil, 0o644)
+		select {
+		case err := <-done:
+			if err != gone {
+				t.Fatalf("ended with %v", err)
+			}
+			if n := fdCount(t); n != fds {
+				t.Fatalf("fds %d → %d", fds, n)
+			}
+			settle(t, gor)
+			return
+		case <-deadline:
+			t.Fatal("stream did not end")
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}

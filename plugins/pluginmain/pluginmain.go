@@ -16,7 +16,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -26,6 +25,7 @@ import (
 	"github.com/envd-project/envd/plugins/contract"
 	"github.com/envd-project/envd/plugins/defaults"
 	"github.com/envd-project/envd/plugins/logging"
+	"github.com/envd-project/envd/plugins/memtrim"
 	"github.com/envd-project/envd/plugins/users"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
@@ -148,6 +148,8 @@ func (c controllable) HTTPSocket() string { return c.socket }
 
 func servePlugin(log *zap.Logger, name string, sub Subsystem) int {
 	ctl := controllable{Subsystem: sub}
+	trim := memtrim.New(trimIdle)
+	go trim.Run(context.Background())
 	if h := sub.HTTPHandler(); h != nil {
 		dir, err := os.MkdirTemp("", name+"-http-")
 		if err != nil {
@@ -161,7 +163,7 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem) int {
 			log.Error("http socket", zap.Error(err))
 			return 1
 		}
-		srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, ErrorLog: zap.NewStdLog(log)}
+		srv := &http.Server{Handler: trim.Middleware(h), ReadHeaderTimeout: 30 * time.Second, ErrorLog: zap.NewStdLog(log)}
 		go func() { _ = srv.Serve(ln) }()
 		defer srv.Close()
 	}
@@ -179,7 +181,6 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem) int {
 		_ = sub.Shutdown(ctx)
 		os.Exit(0)
 	}()
-	go trimWhenIdle()
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig: contract.Handshake,
 		Plugins: plugin.PluginSet{contract.DispenseName: &contract.GRPCPlugin{Register: func(s *grpc.Server) {
@@ -187,7 +188,8 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem) int {
 			sub.RegisterGRPC(s)
 		}}},
 		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
-			opts = append(opts, grpc.MaxRecvMsgSize(contract.MaxMessageSize), grpc.MaxSendMsgSize(contract.MaxMessageSize))
+			opts = append(opts, grpc.MaxRecvMsgSize(contract.MaxMessageSize), grpc.MaxSendMsgSize(contract.MaxMessageSize),
+				grpc.ChainUnaryInterceptor(trim.UnaryInterceptor), grpc.ChainStreamInterceptor(trim.StreamInterceptor))
 			return grpc.NewServer(opts...)
 		},
 		Logger: hclog.New(&hclog.LoggerOptions{Output: io.Discard, Level: hclog.Off}),
@@ -198,10 +200,6 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem) int {
 	return 0
 }
 
-// trimWhenIdle returns start-up garbage to the OS once: thousands of VMs run
-// this tree, and a plugin's heap after start is mostly dead (PLUGIN_COSTS.md:
-// 8.1 → 3.2 MiB RSS).
-func trimWhenIdle() {
-	time.Sleep(2 * time.Second)
-	debug.FreeOSMemory()
-}
+// trimIdle is how long a plugin must go without a request before its free
+// heap is returned to the OS.
+const trimIdle = 3 * time.Second

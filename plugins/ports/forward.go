@@ -94,7 +94,7 @@ func (f *forward) ensure(addrs []netip.Addr) (complete bool) {
 		return true
 	}
 	for a, ln := range f.lns {
-		if !containsAddr(addrs, a) {
+		if !slices.Contains(addrs, a) {
 			ln.Close()
 			delete(f.lns, a)
 			f.closeRelaysLocked(a)
@@ -102,7 +102,7 @@ func (f *forward) ensure(addrs []netip.Addr) (complete bool) {
 		}
 	}
 	for a := range f.failures {
-		if !containsAddr(addrs, a) {
+		if !slices.Contains(addrs, a) {
 			delete(f.failures, a)
 		}
 	}
@@ -142,15 +142,6 @@ func listenTCP(a netip.Addr, port uint16) (*net.TCPListener, error) {
 		return nil, fmt.Errorf("listen for forward: %w", err)
 	}
 	return ln, nil
-}
-
-func containsAddr(addrs []netip.Addr, a netip.Addr) bool {
-	for _, b := range addrs {
-		if a == b {
-			return true
-		}
-	}
-	return false
 }
 
 // close stops the forward: listeners, relays, dials; it returns once every

@@ -40,9 +40,8 @@ const (
 )
 
 var (
-	vmAddr4   = netip.MustParseAddr("169.254.0.21")
-	vmAddr6   = netip.MustParseAddr("fd00:e2b::1")
-	hostAddr4 = netip.MustParseAddr("169.254.0.22")
+	vmAddr4 = netip.MustParseAddr("169.254.0.21")
+	vmAddr6 = netip.MustParseAddr("fd00:e2b::1")
 )
 
 func TestMain(m *testing.M) {
@@ -77,11 +76,14 @@ func newNetns(tb testing.TB) *netns {
 	if _, err := exec.LookPath("ip"); err != nil {
 		tb.Skip("skipping: the ip command (iproute2) is not installed")
 	}
+	removeStaleNetns(tb)
 	var rnd [4]byte
 	rand.Read(rnd[:])
-	id := hex.EncodeToString(rnd[:])
-	n := &netns{vm: "envdtest-vm-" + id, host: "envdtest-host-" + id, vmLink: "ev" + id + "v"}
-	hostLink := "ev" + id + "h"
+	link := hex.EncodeToString(rnd[:])
+	// The pid in the names lets a later run remove what a killed run left.
+	id := fmt.Sprintf("%d-%s", os.Getpid(), link)
+	n := &netns{vm: "envdtest-vm-" + id, host: "envdtest-host-" + id, vmLink: "ev" + link + "v"}
+	hostLink := "ev" + link + "h"
 
 	// The kernel's TCP socket table is global and sized for this machine's
 	// memory (262144 buckets on a 24 GiB host), and /proc/net/tcp walks all
@@ -149,6 +151,30 @@ func newNetns(tb testing.TB) *netns {
 	tb.Cleanup(func() { f.Close() })
 	n.hostNS = f
 	return n
+}
+
+// removeStaleNetns deletes the namespaces of test runs that died without
+// their cleanup (a test binary killed on timeout): those whose pid is gone.
+func removeStaleNetns(tb testing.TB) {
+	ents, _ := os.ReadDir("/run/netns")
+	for _, e := range ents {
+		rest, ok := strings.CutPrefix(e.Name(), "envdtest-")
+		if !ok {
+			continue
+		}
+		f := strings.Split(rest, "-")
+		if len(f) != 3 {
+			continue
+		}
+		pid, err := strconv.Atoi(f[1])
+		if err != nil || pid <= 0 || pid == os.Getpid() {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			tb.Logf("removing stale namespace %s", e.Name())
+			ipCmd("netns", "del", e.Name())
+		}
+	}
 }
 
 // dial connects from the host namespace. The socket is created on an OS
@@ -341,7 +367,7 @@ func helperMain() int {
 	go func() { runDone <- m.Run(ctx) }()
 	defer cancel()
 
-	servers := make(map[uint16]*testServer)
+	servers := make(map[uint16][]*testServer) // per port, in start order
 	in := bufio.NewScanner(os.Stdin)
 	in.Buffer(nil, 1<<20)
 	for in.Scan() {
@@ -360,13 +386,14 @@ func helperMain() int {
 				fail(err)
 				continue
 			}
-			servers[s.port] = s
+			servers[s.port] = append(servers[s.port], s)
 			reply("%d %d", s.port, s.listened.UnixNano())
 		case "close":
 			p, _ := strconv.Atoi(f[1])
-			if s := servers[uint16(p)]; s != nil {
-				s.close()
-				delete(servers, uint16(p))
+			// The latest server on that port stops.
+			if ss := servers[uint16(p)]; len(ss) > 0 {
+				ss[len(ss)-1].close()
+				servers[uint16(p)] = ss[:len(ss)-1]
 			}
 			reply("")
 		case "fwds":
@@ -429,8 +456,10 @@ func helperMain() int {
 				fail(errors.New("Run did not return within 10 s"))
 				continue
 			}
-			for p, s := range servers {
-				s.close()
+			for p, ss := range servers {
+				for _, s := range ss {
+					s.close()
+				}
 				delete(servers, p)
 			}
 			var n int

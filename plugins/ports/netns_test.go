@@ -190,6 +190,47 @@ func TestForwardInNetns(t *testing.T) {
 		}
 		h.do("close %d", p6)
 		waitFor(t, "IPv6 forward removed", wait, func() error { return n.refused(hostPort(vmAddr6, p6)) })
+
+		// A server on both 127.0.0.1:p and [::1]:p: one forward, both targets.
+		h.listen(fmt.Sprintf("[::1]:%d", p4))
+		want := []netip.AddrPort{netip.AddrPortFrom(loopback4, p4), netip.AddrPortFrom(loopback6, p4)}
+		waitFor(t, "dual-stack targets", wait, func() error {
+			if f := findForward(h.forwards(), p4); f == nil || !slices.Equal(f.Targets, want) || len(f.Inodes) != 2 {
+				return fmt.Errorf("forward %+v", f)
+			}
+			return nil
+		})
+		for _, a := range []string{ext4, hostPort(vmAddr6, p4)} {
+			if err := n.reach(a); err != nil {
+				t.Fatalf("%s: %v", a, err)
+			}
+		}
+		h.do("close %d", p4) // the latest server on p4: the [::1] one
+		waitFor(t, "back to the IPv4 target only", wait, func() error {
+			if f := findForward(h.forwards(), p4); f == nil || len(f.Targets) != 1 || f.Targets[0].Addr() != loopback4 {
+				return fmt.Errorf("forward %+v", f)
+			}
+			return nil
+		})
+		if err := n.reach(hostPort(vmAddr6, p4)); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("ServerRestartSamePort", func(t *testing.T) {
+		f := findForward(h.forwards(), p4)
+		if f == nil {
+			t.Fatal("no forward")
+		}
+		old := f.Inodes
+		h.do("close %d", p4)
+		h.listen(fmt.Sprintf("127.0.0.1:%d", p4))
+		waitFor(t, "forward follows the new listener", wait, func() error {
+			if f := findForward(h.forwards(), p4); f == nil || len(f.Inodes) != 1 || slices.Equal(f.Inodes, old) {
+				return fmt.Errorf("forward %+v (old inodes %v)", f, old)
+			}
+			return n.reach(ext4)
+		})
 	})
 
 	t.Run("Reserved", func(t *testing.T) {

@@ -525,3 +525,25 @@ func TestSnapshotHooks(t *testing.T) {
 		t.Errorf("end after re-armed deadline: %v", c.end)
 	}
 }
+
+// After a restore, a kill deadline that passed on the wall clock during
+// the pause fires at once.
+func TestSnapshotRestoredRearmsDeadlines(t *testing.T) {
+	t.Parallel()
+	s := newService(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel()
+	st := startStream(t, s, ctx, cmdReq("/bin/sleep", "30"))
+	pid := st.waitPID(t)
+	p, err := s.lookup(pidSel(pid), false)
+	must(t, err)
+	// Simulate the wall clock jumping past the deadline while paused.
+	p.mu.Lock()
+	p.deadline = time.Now().Add(-time.Second).Round(0)
+	p.mu.Unlock()
+	must(t, s.SnapshotRestored(context.Background()))
+	st.wait(t)
+	if st.end.GetStatus() != "signal: killed" {
+		t.Errorf("end = %v, err %v", st.end, st.err)
+	}
+}

@@ -36,10 +36,12 @@ const (
 )
 
 // subscriberLimits bound the output queued for one subscriber that reads
-// slower than the process writes. Memory is spent only while a subscriber
-// lags; a burst larger than this cuts a pipe subscriber off (or drops
-// terminal output for it), see package fanout.
-var subscriberLimits = fanout.Limits{Bytes: 8 << 20, Entries: 4096}
+// slower than the process writes: 8 MiB, or 256 chunks (full 32 KiB pipe
+// chunks reach both bounds together; the queue's slots cost 2 KiB per
+// subscriber up front). Chunk data is shared by all subscribers and held
+// only while someone lags. A burst beyond this cuts a pipe subscriber off
+// (or drops terminal output for it), see package fanout.
+var subscriberLimits = fanout.Limits{Bytes: 8 << 20, Entries: 256}
 
 // Service implements service.Process.
 type Service struct {
@@ -263,12 +265,13 @@ func (s *Service) SnapshotPrepare(ctx context.Context) error {
 }
 
 // SnapshotRestored is called after the VM resumed and its wall clock was
-// set again (after /init). Go timers run on the monotonic clock, which does
-// not advance while the VM is paused, so a kill deadline would otherwise be
-// pushed back by the length of the pause. A deadline is the client's
-// wall-clock intent (Connect-Timeout-Ms), so every kill timer is re-armed
-// against the wall clock: processes whose deadline passed during the pause
-// are killed now.
+// set again (after /init). Go timers run on the monotonic clock, which in a
+// restored guest does not count the time the VM spent paused, so a kill
+// deadline would be pushed back by the length of the pause. A deadline is
+// the client's wall-clock intent (Connect-Timeout-Ms), so every pending
+// kill timer is re-armed from the wall clock: processes whose deadline
+// passed during the pause are killed now. Streams and processes are left
+// as they are.
 func (s *Service) SnapshotRestored(ctx context.Context) error {
 	s.mu.Lock()
 	procs := make([]*proc, 0, len(s.live))

@@ -344,8 +344,9 @@ func (s *Service) spawn(ctx context.Context, req *procpb.StartRequest) (*proc, *
 	p.pid = uint32(cmd.Process.Pid)
 	p.child = forkedChild{cmd: cmd}
 	p.log = s.log.With(zap.Uint32("pid", p.pid))
-	if d, ok := ctx.Deadline(); ok {
-		p.armDeadline(d)
+	deadline, hasDeadline := ctx.Deadline()
+	if hasDeadline {
+		p.armDeadline(deadline)
 	}
 	registered := s.register(p)
 	p.startPumps()
@@ -357,7 +358,7 @@ func (s *Service) spawn(ctx context.Context, req *procpb.StartRequest) (*proc, *
 		return nil, nil, errShuttingDown()
 	}
 	if ce := p.log.Check(zap.DebugLevel, "process started"); ce != nil {
-		ce.Write(zap.String("cmd", userCommand(cfg)), zap.Bool("pty", chio.master != nil), zap.Stringp("tag", p.tag), zap.Time("deadline", p.deadline))
+		ce.Write(zap.String("cmd", userCommand(cfg)), zap.Bool("pty", chio.master != nil), zap.Stringp("tag", p.tag), zap.Bool("has_deadline", hasDeadline), zap.Time("deadline", deadline))
 	}
 	return p, sub, nil
 }

@@ -382,10 +382,16 @@ func TestChildGetsOnlyStdio(t *testing.T) {
 		}
 		st := startStream(t, s, context.Background(), req)
 		pid := st.waitPID(t)
-		fds := childFDs(t, pid)
-		for fd := range inheritable {
-			delete(fds, fd) // not ours: inherited by every child of this test binary
-		}
+		// Look once the wrapper has exec'd sleep and the loader is done.
+		var fds map[string]string
+		eventually(t, "sleep to settle", func() bool {
+			comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+			fds = childFDs(t, pid)
+			for fd := range inheritable {
+				delete(fds, fd) // not ours: inherited by every child of this test binary
+			}
+			return string(comm) == "sleep\n" && len(fds) <= 3
+		})
 		if len(fds) != 3 {
 			t.Errorf("%s: child has fds %v, want only 0, 1, 2", mode, fds)
 		}

@@ -234,8 +234,10 @@ describe('commands.run: environment, cwd and user', () => {
 
 describe('background commands: connect, list, kill', () => {
   test('a background command keeps running after disconnect and can be re-attached', T, async () => {
-    const h = await sbx.commands.run('read a; echo "got:$a"', { background: true, stdin: true })
+    const early = new Output()
+    const h = await sbx.commands.run('echo early; read a; echo "got:$a"', { background: true, stdin: true, onStdout: early.push })
     assert.ok(Number.isInteger(h.pid) && h.pid > 0)
+    await early.waitFor('early\n')
     await h.disconnect()
     await sleep(300)
     assert.ok((await listedPids()).includes(h.pid), 'process must survive the closed stream')
@@ -245,7 +247,7 @@ describe('background commands: connect, list, kill', () => {
     await c.sendStdin('zeta\n')
     const r = await withTimeout(c.wait(), 10_000, 'wait after connect')
     assert.equal(r.exitCode, 0)
-    assert.equal(r.stdout, 'got:zeta\n')
+    assert.equal(r.stdout, 'got:zeta\n', 'only output produced after connect, no replay of "early"')
   })
 
   test('several subscribers each receive every event (fan-out)', T, async () => {
@@ -357,6 +359,11 @@ describe('background commands: connect, list, kill', () => {
     await sleep(2000)
     const r = await sbx.commands.run(`test -e ${marker} && echo exists || echo absent`)
     assert.equal(r.stdout, 'absent\n', 'the command must have been killed before it could finish')
+  })
+
+  test('timeoutMs: 0 means no deadline', T, async () => {
+    const r = await sbx.commands.run('sleep 1.5; echo alive', { timeoutMs: 0 })
+    assert.equal(r.stdout, 'alive\n')
   })
 
   test('timeoutMs on a foreground run rejects with TimeoutError', T, async () => {

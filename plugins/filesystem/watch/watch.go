@@ -169,8 +169,8 @@ func (w *Watcher) Close() error {
 	return nil
 }
 
-// Watches reports how many directories are watched (for tests and logs).
-// Only meaningful once the watcher has stopped or before events flow.
+// watchCount reports how many directories are watched. The map belongs to
+// the reader goroutine: call it only after Close.
 func (w *Watcher) watchCount() int { return len(w.wds) }
 
 func (w *Watcher) setErr(err error) {

@@ -202,11 +202,11 @@ func TestCloseReleases(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		w.Close()
+		w.Close() // idempotent
 		if w.watchCount() != 41 {
 			t.Fatalf("watching %d dirs, want 41", w.watchCount())
 		}
-		w.Close()
-		w.Close() // idempotent
 		if !errors.Is(w.Err(), ErrClosed) {
 			t.Fatalf("Err after Close = %v", w.Err())
 		}
