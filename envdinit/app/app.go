@@ -25,6 +25,7 @@ import (
 	"github.com/envd-project/envd/envdinit/reaper"
 	"github.com/envd-project/envd/envdinit/state"
 	"github.com/envd-project/envd/envdinit/supervisor"
+	"github.com/envd-project/envd/plugins/cgroups"
 	"github.com/envd-project/envd/plugins/contract"
 	"github.com/envd-project/envd/plugins/grpcadapter"
 	"github.com/envd-project/envd/plugins/logging"
@@ -102,7 +103,7 @@ func parseFlags(args []string) (Config, int, bool) {
 	return cfg, 0, false
 }
 
-func pluginSpecs(cfg Config) ([]supervisor.Spec, error) {
+func pluginSpecs(cfg Config, cg cgroups.Manager) ([]supervisor.Spec, error) {
 	dir := cfg.PluginDir
 	if dir == "" {
 		exe, err := os.Executable()
@@ -124,7 +125,11 @@ func pluginSpecs(cfg Config) ([]supervisor.Spec, error) {
 		if _, err := os.Stat(path); err != nil {
 			return nil, fmt.Errorf("plugin %s: %w", name, err)
 		}
-		specs = append(specs, supervisor.Spec{Name: name, Path: path, Args: common})
+		spec := supervisor.Spec{Name: name, Path: path, Args: common, CgroupFD: -1}
+		if fd, ok := cg.FD(cgroups.Forwarder); ok && name == contract.Net {
+			spec.CgroupFD = fd
+		}
+		specs = append(specs, spec)
 	}
 	return specs, nil
 }
@@ -136,7 +141,10 @@ func run(cfg Config, log *zap.Logger) error {
 	rp := reaper.New(log.Named("reaper"))
 	defer rp.Close()
 
-	specs, err := pluginSpecs(cfg)
+	// envd-init owns the cgroup layout; envd-proc opens the same groups.
+	cg := cgroups.Setup(cfg.CgroupRoot, !cfg.NoCgroups, log.Named("cgroups"))
+	defer cg.Close()
+	specs, err := pluginSpecs(cfg, cg)
 	if err != nil {
 		return err
 	}

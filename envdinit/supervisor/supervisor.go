@@ -12,6 +12,7 @@ import (
 	"io"
 	"os/exec"
 	"sync"
+	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
@@ -32,6 +33,9 @@ type Spec struct {
 	Name string
 	Path string
 	Args []string
+	// CgroupFD, when >= 0, is the cgroup directory the plugin is spawned
+	// into (envd-net relays user traffic, so it lives in the forwarder group).
+	CgroupFD int
 }
 
 // Options tune the supervisor.
@@ -168,6 +172,9 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 		RunnerFunc: func(_ hclog.Logger, tmpl *exec.Cmd, _ string) (runner.Runner, error) {
 			cmd := exec.Command(m.spec.Path, m.spec.Args...)
 			cmd.Env = tmpl.Env
+			if m.spec.CgroupFD >= 0 {
+				cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: m.spec.CgroupFD}
+			}
 			r, err := newReapedRunner(s.reaper, cmd)
 			run = r
 			return r, err

@@ -3,6 +3,7 @@ package filesystem
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,11 +17,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
 	controlpb "github.com/envd-project/envd/gen/control"
+	fspb "github.com/envd-project/envd/gen/filesystem"
 	"github.com/envd-project/envd/plugins/defaults"
 )
 
@@ -525,4 +528,48 @@ func umask() int {
 	m := unix.Umask(0)
 	unix.Umask(m)
 	return m
+}
+
+// TestUploadWatchEvents: what a WatchDir client sees of uploads is what the
+// JS SDK's watch tests wait for: CREATE and WRITE under the file's own name,
+// for a new file and for an overwritten one, and no staging pseudo-names.
+func TestUploadWatchEvents(t *testing.T) {
+	s := newSvc(t, "")
+	srv := newFiles(t)
+	dir := t.TempDir()
+	st := startStream(t, s, context.Background(), &fspb.WatchDirRequest{Path: dir})
+	p := filepath.Join(dir, "watched.txt")
+	resp, body := do(t, octet(t, filesURL(srv, p), strings.NewReader("first")))
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	st.waitFor(t, "watched.txt", fspb.EventType_EVENT_TYPE_CREATE)
+	st.waitFor(t, "watched.txt", fspb.EventType_EVENT_TYPE_WRITE)
+	ct, mb := multipartBody(part{"file", p, "second, longer"})
+	req, _ := http.NewRequest(http.MethodPost, filesURL(srv, ""), bytes.NewReader(mb))
+	req.Header.Set("Content-Type", ct)
+	resp, body = do(t, req)
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	st.waitFor(t, "watched.txt", fspb.EventType_EVENT_TYPE_WRITE)
+	os.WriteFile(filepath.Join(dir, "marker"), nil, 0o644)
+	// Everything up to the marker: no "#<inode>" names.
+	for {
+		select {
+		case m := <-st.msgs:
+			ev := m.GetFilesystem()
+			if ev == nil {
+				continue
+			}
+			if strings.HasPrefix(ev.Name, "#") {
+				t.Fatalf("staging pseudo-name leaked: %v", ev)
+			}
+			if ev.Name == "marker" {
+				return
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no marker event")
+		}
+	}
 }

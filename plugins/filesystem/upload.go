@@ -20,24 +20,24 @@ import (
 var randReader = rand.Reader
 
 // writeFile stores one uploaded file at target (WIRE §7.7 step 6) and never
-// leaves a partial file there when the upload fails:
+// leaves a partial file there, not even if envd-fs dies mid-upload:
 //
-//   - A new target is created with O_EXCL and written in place, so watchers
-//     see CREATE and WRITE under its name exactly as with E2B (the JS SDK's
-//     watch tests wait for those); if the upload fails it is unlinked.
-//   - An existing target keeps its content until the upload has succeeded:
-//     the body is staged in an anonymous O_TMPFILE inode in the same
+//   - The body is staged in an anonymous O_TMPFILE inode in the target's
 //     directory (a hidden ".<name>.upload-<hex>" file where the filesystem
-//     lacks O_TMPFILE), which is then renamed over the target. The staged
-//     file gets the user's ownership (E2B chowns existing targets too), the
-//     old file's permission bits and its xattrs other than user.e2b.*
-//     (which truncation in place would have kept). The target is then
-//     reopened and ftruncate'd to its own length: a real write under the
-//     final name, so watchers see WRITE for it as with E2B's in-place write.
-//     Watchers also see the staging: the kernel names an O_TMPFILE inode
-//     "#<inode>" in its directory's events.
-//   - Either way the file's user.e2b.* xattrs become exactly the request's
-//     metadata (an upload without X-Metadata-* clears them, §12.32).
+//     lacks O_TMPFILE). A failed upload just drops the inode.
+//   - The staged file gets the user's ownership (E2B chowns new and existing
+//     targets alike); replacing an existing file, it also gets the old
+//     permission bits and the old xattrs other than user.e2b.* (which
+//     truncation in place would have kept). Its user.e2b.* xattrs are exactly
+//     the request's metadata (an upload without X-Metadata-* clears them,
+//     §12.32).
+//   - On success it is linked in under the target's name (new file) or linked
+//     under a hidden name and renamed over the target (existing file).
+//   - The target is then reopened and ftruncate'd to its own length: a real
+//     write under the final name, so watchers see WRITE for it as with E2B's
+//     in-place write (the JS SDK's watch tests wait for exactly that). The
+//     kernel reports the staging writes under the pseudo-name "#<inode>",
+//     which the watcher drops (package watch).
 //
 // Unlike truncation in place, replacing an existing file gives it a new
 // inode: other hard links and processes holding the old file open keep the
@@ -49,74 +49,17 @@ func (h *FilesHandler) writeFile(u *users.User, target string, src io.Reader, cl
 	}
 	// Write where open(O_CREAT) would: through a final symlink.
 	dest := followFinalLinks(target)
-	for range 3 {
-		fi, err := os.Stat(dest)
-		switch {
-		case err == nil && fi.IsDir():
-			return errorf(http.StatusBadRequest, "path is a directory: %s", target)
-		case err == nil && !fi.Mode().IsRegular():
-			return h.writeInPlace(dest, uid, gid, src, clen, md, buf)
-		case err == nil:
-			return h.replaceFile(dest, fi, uid, gid, src, clen, md, buf)
-		case !errors.Is(err, fs.ErrNotExist):
-			return errorf(http.StatusInternalServerError, "error checking file info: %v", err)
-		}
-		herr, raced := h.createFile(dest, uid, gid, src, clen, md, buf)
-		if !raced {
-			return herr
-		}
+	old, err := os.Stat(dest)
+	exists := err == nil
+	switch {
+	case exists && old.IsDir():
+		return errorf(http.StatusBadRequest, "path is a directory: %s", target)
+	case exists && !old.Mode().IsRegular():
+		return h.writeInPlace(dest, uid, gid, src, clen, md, buf)
+	case !exists && !errors.Is(err, fs.ErrNotExist):
+		return errorf(http.StatusInternalServerError, "error checking file info: %v", err)
 	}
-	return errorf(http.StatusInternalServerError, "error opening file: %s keeps appearing and vanishing", dest)
-}
 
-// createFile writes a new file in place; raced reports that it appeared
-// meanwhile (nothing was read from src then).
-func (h *FilesHandler) createFile(dest string, uid, gid int, src io.Reader, clen int64, md map[string]string, buf []byte) (herr *httpError, raced bool) {
-	f, err := os.OpenFile(dest, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o666)
-	if err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return nil, true
-		}
-		if isNoSpace(err) {
-			return errorf(http.StatusInsufficientStorage, "not enough inodes available: %v", err), false
-		}
-		return errorf(http.StatusInternalServerError, "error opening file: %v", err), false
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(dest)
-		}
-	}()
-	if err := f.Chown(uid, gid); err != nil {
-		return errorf(http.StatusInternalServerError, "error changing file ownership: %v", err), false
-	}
-	if _, herr := copyBody(f, src, clen, buf); herr != nil {
-		return herr, false
-	}
-	if herr := setMetadata(f, md); herr != nil {
-		return herr, false
-	}
-	if herr := closeFile(f); herr != nil {
-		return herr, false
-	}
-	ok = true
-	return nil, false
-}
-
-func closeFile(f *os.File) *httpError {
-	if err := f.Close(); err != nil {
-		if isNoSpace(err) {
-			return errorf(http.StatusInsufficientStorage, "not enough disk space available")
-		}
-		return errorf(http.StatusInternalServerError, "error closing file: %v", err)
-	}
-	return nil
-}
-
-// replaceFile stages the body and renames it over the existing dest.
-func (h *FilesHandler) replaceFile(dest string, old fs.FileInfo, uid, gid int, src io.Reader, clen int64, md map[string]string, buf []byte) *httpError {
 	f, tmpName, err := stageFile(filepath.Dir(dest), filepath.Base(dest))
 	if err != nil {
 		if isNoSpace(err) {
@@ -134,10 +77,12 @@ func (h *FilesHandler) replaceFile(dest string, old fs.FileInfo, uid, gid int, s
 	if err := f.Chown(uid, gid); err != nil {
 		return errorf(http.StatusInternalServerError, "error changing file ownership: %v", err)
 	}
-	if err := f.Chmod(old.Mode().Perm()); err != nil {
-		return errorf(http.StatusInternalServerError, "error changing file mode: %v", err)
+	if exists {
+		if err := f.Chmod(old.Mode().Perm()); err != nil {
+			return errorf(http.StatusInternalServerError, "error changing file mode: %v", err)
+		}
+		copyXattrs(dest, f)
 	}
-	copyXattrs(dest, f)
 	n, herr := copyBody(f, src, clen, buf)
 	if herr != nil {
 		return herr
@@ -145,7 +90,7 @@ func (h *FilesHandler) replaceFile(dest string, old fs.FileInfo, uid, gid int, s
 	if herr := setMetadata(f, md); herr != nil {
 		return herr
 	}
-	if err := install(f, tmpName, dest); err != nil {
+	if err := install(f, tmpName, dest, exists); err != nil {
 		if isNoSpace(err) {
 			return errorf(http.StatusInsufficientStorage, "not enough inodes available: %v", err)
 		}
@@ -158,6 +103,16 @@ func (h *FilesHandler) replaceFile(dest string, old fs.FileInfo, uid, gid int, s
 	if g, err := os.OpenFile(dest, os.O_WRONLY, 0); err == nil {
 		g.Truncate(n)
 		g.Close()
+	}
+	return nil
+}
+
+func closeFile(f *os.File) *httpError {
+	if err := f.Close(); err != nil {
+		if isNoSpace(err) {
+			return errorf(http.StatusInsufficientStorage, "not enough disk space available")
+		}
+		return errorf(http.StatusInternalServerError, "error closing file: %v", err)
 	}
 	return nil
 }
@@ -200,9 +155,16 @@ func stageFile(dir, base string) (*os.File, string, error) {
 }
 
 // install gives the staged file its final name.
-func install(f *os.File, tmpName, dest string) error {
+func install(f *os.File, tmpName, dest string, exists bool) error {
 	if tmpName != "" {
 		return os.Rename(tmpName, dest)
+	}
+	if !exists {
+		err := linkFd(f, dest)
+		if !errors.Is(err, unix.EEXIST) {
+			return err
+		}
+		// Created by someone else meanwhile: replace it like an existing one.
 	}
 	dir := filepath.Dir(dest)
 	for range 10 {

@@ -5,8 +5,9 @@ package netplugin
 
 import (
 	"context"
+	"fmt"
 	"net/http"
-	"net/netip"
+	"runtime/debug"
 
 	"connectrpc.com/connect"
 	controlpb "github.com/envd-project/envd/gen/control"
@@ -40,32 +41,19 @@ func build(env pluginmain.Env) (pluginmain.Subsystem, error) {
 	return s, nil
 }
 
-// Options maps the pushed config onto the port manager's options.
-func Options(cfg *controlpb.Config, log *zap.Logger) ports.Options {
-	var opts ports.Options
-	if a := cfg.GetForwardAddress(); a != "" {
-		addr, err := netip.ParseAddr(a)
-		if err != nil {
-			log.Warn("bad forward address", zap.String("addr", a), zap.Error(err))
-		} else {
-			opts.ExternalAddrs = []netip.Addr{addr}
-		}
-	}
-	for _, p := range cfg.GetReservedPorts() {
-		if p > 0 && p < 1<<16 {
-			opts.Reserved = append(opts.Reserved, uint16(p))
-		}
-	}
-	return opts
-}
-
 func (s *subsystem) Configure(_ context.Context, cfg *controlpb.Config) error {
-	s.mgr.SetOptions(Options(cfg, s.log))
+	opts, err := ports.OptionsFromConfig(cfg, ports.Options{})
+	if err != nil {
+		return fmt.Errorf("port forwarding config: %w", err)
+	}
+	s.mgr.SetOptions(opts)
 	return nil
 }
 
 func (s *subsystem) SnapshotPrepare(context.Context) error {
 	s.mgr.Pause()
+	// Nothing of the forwards needs to survive; go into the snapshot small.
+	debug.FreeOSMemory()
 	return nil
 }
 

@@ -547,3 +547,60 @@ func TestSnapshotRestoredRearmsDeadlines(t *testing.T) {
 		t.Errorf("end = %v, err %v", st.end, st.err)
 	}
 }
+
+// Odd but well-formed requests get an answer, never a panic or a hang.
+func TestOddRequests(t *testing.T) {
+	t.Parallel()
+	s := newService(t, nil)
+	noop := func(*procpb.StartResponse) error { return nil }
+
+	// No request, no process config: the wrapper refuses exec "", which is
+	// an exit status, not an RPC error.
+	for _, req := range []*procpb.StartRequest{nil, {}} {
+		st := startStream(t, s, context.Background(), req).wait(t)
+		if st.err != nil || st.end == nil || st.end.GetExitCode() == 0 {
+			t.Errorf("empty request %v: err %v end %v", req, st.err, st.end)
+		}
+	}
+
+	// A PTY without a size, and one far beyond 16 bits, still start.
+	st := startStream(t, s, context.Background(), &procpb.StartRequest{
+		Process: &procpb.ProcessConfig{Cmd: "/bin/stty", Args: []string{"size"}}, Pty: &procpb.PTY{},
+	}).wait(t)
+	if st.err != nil || st.end == nil {
+		t.Errorf("pty without size: err %v end %v", st.err, st.end)
+	}
+	st = startStream(t, s, context.Background(), ptyReq("/bin/stty", 1<<20, 1<<20, "size")).wait(t)
+	if st.err != nil || st.pty.String() != "65535 65535\r\n" {
+		t.Errorf("huge pty: err %v output %q", st.err, st.pty.String())
+	}
+	pty := startStream(t, s, context.Background(), ptyReq("/bin/cat", 80, 24))
+	pid := pty.waitPID(t)
+	_, err := s.Update(context.Background(), &procpb.UpdateRequest{Process: pidSel(pid), Pty: &procpb.PTY{}})
+	must(t, err)
+	_, err = s.Update(context.Background(), nil)
+	requireCode(t, err, connect.CodeUnimplemented, "")
+
+	// A cwd that is a file cannot be entered.
+	req := cmdReq("/bin/true")
+	req.Process.Cwd = ptr("/etc/passwd")
+	requireCode(t, s.Start(context.Background(), req, noop), connect.CodeInvalidArgument, "")
+
+	// Empty input is a successful no-op write.
+	_, err = s.SendInput(context.Background(), &procpb.SendInputRequest{Process: pidSel(pid), Input: &procpb.ProcessInput{Input: &procpb.ProcessInput_Pty{}}})
+	must(t, err)
+
+	for _, call := range []func() error{
+		func() error { _, err := s.SendInput(context.Background(), nil); return err },
+		func() error { _, err := s.SendSignal(context.Background(), nil); return err },
+		func() error { _, err := s.CloseStdin(context.Background(), nil); return err },
+		func() error {
+			return s.Connect(context.Background(), nil, func(*procpb.ConnectResponse) error { return nil })
+		},
+	} {
+		requireCode(t, call(), connect.CodeUnimplemented, "")
+	}
+	if _, err := s.List(context.Background(), nil); err != nil {
+		t.Error(err)
+	}
+}

@@ -91,13 +91,14 @@ func (c forkedChild) reap() (exitStatus, error) {
 // Service.
 //
 // Adoption across a plugin restart (ARCHITECTURE principle 4, not built
-// yet) plugs in here: after register, envd-proc would send duplicates of
-// the fds it holds (master, stdin, stdout, stderr) to envd-init over SCM_RIGHTS together with a record
-// of (pid, seq, tag, config, mode, deadline). When envd-proc dies, the
-// child re-parents to envd-init, which reaps it and keeps the status. A new
-// envd-proc fetches records and fds back and rebuilds each proc with the
-// same fields, an adopted implementation of child (pidfd_open for signals,
-// envd-init's published status for awaitExit/reap) and the same pumps and
+// yet) plugs in here. After register, envd-proc would send duplicates of
+// the fds it holds (master, or stdin/stdout/stderr) to envd-init over
+// SCM_RIGHTS with a record of (pid, seq, tag, config, mode, deadline).
+// When envd-proc dies, the child re-parents to envd-init, which reaps it
+// and keeps the status. A new envd-proc fetches records and fds back and
+// rebuilds each proc with the same fields, an adopted implementation of
+// child (pidfd_open for signals, envd-init's published status for
+// awaitExit/reap, formatted like os.ProcessState) and the same pumps and
 // lifecycle; nothing else in this package depends on having forked the
 // process itself.
 type proc struct {
@@ -265,12 +266,13 @@ func (s *Service) lifecycle(p *proc) {
 			p.log.Warn("output readers did not stop")
 		}
 	}
+	// Out of the live table first, so no input or resize reaches the fds
+	// being closed; Connect finds it among the retained and waits for the end.
+	s.reaped(p)
 	for _, f := range p.closeFiles() {
 		_ = f.Close()
 	}
-
 	p.end = endEvent(st, werr)
-	s.reaped(p)
 	p.hub.Close()
 	p.log.Debug("process ended", zap.String("status", p.end.GetEnd().GetStatus()))
 }

@@ -19,6 +19,9 @@ import (
 
 // Start implements service.Process (WIRE §5.1).
 func (s *Service) Start(ctx context.Context, req *procpb.StartRequest, send service.Send[procpb.StartResponse]) error {
+	if req == nil {
+		req = &procpb.StartRequest{}
+	}
 	p, sub, err := s.spawn(ctx, req)
 	if err != nil {
 		return err
@@ -103,7 +106,7 @@ func (s *Service) Update(ctx context.Context, req *procpb.UpdateRequest) (*procp
 	if err != nil {
 		return nil, err
 	}
-	if req.Pty == nil {
+	if req.GetPty() == nil {
 		return &procpb.UpdateResponse{}, nil
 	}
 	size := req.GetPty().GetSize()

@@ -131,7 +131,8 @@ func (s *Service) beginLifecycle() bool {
 
 // reaped moves p from the live table to the retention table. It is called
 // after p was reaped and before its end event is published, so a Connect
-// always finds the process in one of the two tables.
+// always finds the process in one of the two tables (and, subscribing to a
+// hub not yet closed, still receives the end).
 func (s *Service) reaped(p *proc) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -328,7 +328,7 @@ func (s *Service) spawn(ctx context.Context, req *procpb.StartRequest) (*proc, *
 	err = cmd.Start()
 	if err != nil && attr.UseCgroupFD {
 		// Keep working without cgroups rather than fail the command (WIRE §9.5).
-		s.log.Warn("starting in cgroup failed, starting outside it", zap.Int("kind", int(kind)), zap.Error(err))
+		s.log.Warn("start with a cgroup fd failed; retrying without the cgroup", zap.Int("kind", int(kind)), zap.Error(err))
 		noCg := *attr
 		noCg.UseCgroupFD, noCg.CgroupFD = false, 0
 		cmd = newCmd(&noCg)

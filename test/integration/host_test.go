@@ -262,4 +262,9 @@ func TestCgroupPlacement(t *testing.T) {
 	}
 	check(&procpb.StartRequest{Process: sh("cat /proc/self/cgroup")}, "user")
 	check(&procpb.StartRequest{Process: sh("cat /proc/self/cgroup"), Pty: &procpb.PTY{Size: &procpb.PTY_Size{Cols: 80, Rows: 24}}}, "ptys")
+	// envd-net relays user traffic and is charged like the reference's socat.
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", e.PluginPid("envd-net")))
+	if err != nil || !strings.Contains(string(b), "0::"+rel+"/socats") {
+		t.Errorf("envd-net cgroup %q %v", b, err)
+	}
 }

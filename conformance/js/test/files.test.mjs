@@ -596,6 +596,68 @@ describe(`ownership as user '${TEST_USER}'`, () => {
   })
 })
 
+describe('uploadUrl / downloadUrl (plain HTTP on /files)', () => {
+  test('downloadUrl serves the file with length, disposition and ranges', T, async () => {
+    const f = fresh('dl')
+    const data = Buffer.from('0123456789abcdefghij')
+    fs.writeFileSync(f, data)
+    const url = await sbx.downloadUrl(f)
+    assert.equal(new URL(url).searchParams.get('path'), f)
+
+    // fetch advertises gzip by default; identity is what gives Content-Length.
+    const res = await fetch(url, { headers: { 'Accept-Encoding': 'identity' } })
+    assert.equal(res.status, 200)
+    assert.equal(res.headers.get('content-encoding'), null)
+    assert.equal(res.headers.get('content-length'), String(data.length))
+    assert.equal(res.headers.get('content-disposition'), `inline; filename=${path.basename(f)}`)
+    assert.equal(res.headers.get('accept-ranges'), 'bytes')
+    assert.deepEqual(Buffer.from(await res.arrayBuffer()), data)
+
+    // A Range request forces identity even when gzip is acceptable (WIRE.md §7.6 step 7).
+    const part = await fetch(url, { headers: { Range: 'bytes=5-9', 'Accept-Encoding': 'gzip' } })
+    assert.equal(part.status, 206)
+    assert.equal(part.headers.get('content-range'), `bytes 5-9/${data.length}`)
+    assert.equal(await part.text(), '56789')
+
+    const beyond = await fetch(url, { headers: { Range: 'bytes=100-200' } })
+    assert.equal(beyond.status, 416)
+    await beyond.arrayBuffer()
+  })
+
+  test('downloadUrl with Accept-Encoding: gzip answers gzip', T, async () => {
+    const f = fresh('dlgz')
+    const text = 'gzip me please\n'.repeat(1000)
+    fs.writeFileSync(f, text)
+    const res = await fetch(await sbx.downloadUrl(f), { headers: { 'Accept-Encoding': 'gzip' } })
+    assert.equal(res.status, 200)
+    assert.equal(res.headers.get('content-encoding'), 'gzip')
+    assert.match(res.headers.get('vary') ?? '', /Accept-Encoding/i)
+    assert.equal(await res.text(), text)
+  })
+
+  test('downloadUrl of a missing file is 404 with a JSON error', T, async () => {
+    const res = await fetch(await sbx.downloadUrl(fresh('dlmissing')))
+    assert.equal(res.status, 404)
+    const body = await res.json()
+    assert.equal(body.code, 404)
+    assert.match(body.message, /does not exist/)
+  })
+
+  test('uploadUrl accepts a multipart form and writes as the given user', T, async () => {
+    const f = path.join(fresh('ul'), 'up.txt')
+    const url = await sbx.uploadUrl(f, { user: TEST_USER })
+    assert.equal(new URL(url).searchParams.get('username'), TEST_USER)
+    const form = new FormData()
+    form.append('file', new Blob(['uploaded via url']), 'ignored-name.txt')
+    const res = await fetch(url, { method: 'POST', body: form })
+    assert.equal(res.status, 200)
+    const infos = await res.json()
+    assert.deepEqual(infos, [{ path: f, name: 'up.txt', type: 'file' }])
+    assert.equal(fs.readFileSync(f, 'utf8'), 'uploaded via url')
+    assert.equal(fs.statSync(f).uid, userPw.uid)
+  })
+})
+
 describe('watchDir', () => {
   // watch starts a watcher and records events; waitEvent waits for one.
   async function watch(dir, opts = {}) {

@@ -48,7 +48,7 @@ export function groupName(gid) {
   return String(gid)
 }
 
-// supplementaryGroups lists the gids /etc/group names `name` a member of,
+// expectedGroups lists the gids /etc/group names `name` a member of,
 // plus its primary gid, sorted.
 export function expectedGroups(name) {
   const pw = passwd(name)
@@ -112,7 +112,6 @@ export async function settle(promise) {
 }
 
 export const encoder = new TextEncoder()
-export const decoder = new TextDecoder()
 
 // Output collects PTY/stream chunks and lets a test wait for a substring.
 export class Output {

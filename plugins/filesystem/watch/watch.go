@@ -338,6 +338,9 @@ func (w *Watcher) parse(buf []byte) ([]Event, error) {
 		} else {
 			rel = dir + "/" + name
 		}
+		if w.isTmpfile(name, rel) {
+			continue
+		}
 
 		// Ordered as WIRE §6.8 asks: CREATE, RENAME, CHMOD, WRITE, REMOVE.
 		if mask&(unix.IN_CREATE|unix.IN_MOVED_TO) != 0 {
@@ -399,6 +402,24 @@ func (w *Watcher) dropNames(rel string) {
 			delete(w.wds, wd)
 		}
 	}
+}
+
+// isTmpfile recognises events about an O_TMPFILE inode (an upload being
+// staged): the kernel reports them under the pseudo-name "#<inode>", which
+// is not, and never was, an entry of the directory. A real file of such a
+// name still exists when its event is read, so it is kept; only one created
+// and deleted again before its events are read would be dropped with them.
+func (w *Watcher) isTmpfile(name, rel string) bool {
+	if len(name) < 2 || name[0] != '#' {
+		return false
+	}
+	for i := 1; i < len(name); i++ {
+		if name[i] < '0' || name[i] > '9' {
+			return false
+		}
+	}
+	var st unix.Stat_t
+	return unix.Lstat(filepath.Join(w.root, rel), &st) == unix.ENOENT
 }
 
 func trimNul(b []byte) []byte {

@@ -231,9 +231,9 @@ func TestNotADirectory(t *testing.T) {
 }
 
 // TestTmpfileEvents pins down what the /files upload relies on: writes to
-// an O_TMPFILE inode are reported in its directory under "#<inode>" (so
-// staging is not invisible), and after linking it in, a truncate through the
-// final path is reported as WRITE under the final name.
+// an O_TMPFILE inode, which the kernel reports under "#<inode>", are not
+// passed on; linking it in raises CREATE and a truncate through the final
+// path WRITE, under the final name. A real file named like that is reported.
 func TestTmpfileEvents(t *testing.T) {
 	dir := t.TempDir()
 	w, err := New(dir, false)
@@ -252,10 +252,17 @@ func TestTmpfileEvents(t *testing.T) {
 	if err := unix.Linkat(fd, "", unix.AT_FDCWD, final, unix.AT_EMPTY_PATH); err != nil {
 		t.Fatal(err)
 	}
-	os.Truncate(final, 5)
-	got := collect(t, w, 5*time.Second, func(e []Event) bool { return has(e, "final", Write) })
+	f.Write([]byte("more")) // still reported under "#<inode>", not "final"
+	os.Truncate(final, 9)
+	os.WriteFile(filepath.Join(dir, "#123"), []byte("x"), 0o644)
+	got := collect(t, w, 5*time.Second, func(e []Event) bool { return has(e, "final", Write) && has(e, "#123", Write) })
 	if !has(got, "final", Create) {
 		t.Errorf("no CREATE for the linked file: %v", got)
+	}
+	for _, e := range got {
+		if e.Name != "final" && e.Name != "#123" {
+			t.Errorf("unexpected event %v", e)
+		}
 	}
 }
 

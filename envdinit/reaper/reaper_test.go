@@ -1,0 +1,63 @@
+package reaper
+
+import (
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+func TestOwnedExitsAreNeverStolen(t *testing.T) {
+	if err := MakeSubreaper(); err != nil {
+		t.Fatal(err)
+	}
+	r := New(zap.NewNop())
+	defer r.Close()
+	// Orphans keep arriving (each sh leaves a background sleep behind)
+	// while owned children exit with distinct codes.
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			orphan := exec.Command("/bin/sh", "-c", "sleep 0.05 & exit 0")
+			if err := r.Run(orphan); err != nil {
+				t.Errorf("orphan maker: %v", err)
+			}
+			cmd := exec.Command("/bin/sh", "-c", "exit 7")
+			err := r.Run(cmd)
+			if err == nil || !strings.Contains(err.Error(), "exit status 7") {
+				t.Errorf("owned child: %v, want exit status 7", err)
+			}
+		}()
+	}
+	wg.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for r.Orphans() < 20 {
+		if time.Now().After(deadline) {
+			t.Fatalf("reaped %d orphans, want 20", r.Orphans())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestSignalExit(t *testing.T) {
+	r := New(zap.NewNop())
+	defer r.Close()
+	cmd := exec.Command("/bin/sh", "-c", "kill -9 $$")
+	ch, err := r.Start(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case exit := <-ch:
+		if exit.String() != "signal: killed" {
+			t.Fatalf("exit %s", exit)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no exit")
+	}
+}

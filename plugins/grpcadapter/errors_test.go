@@ -1,0 +1,50 @@
+package grpcadapter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"connectrpc.com/connect"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+func TestErrorsCrossTheHopUnchanged(t *testing.T) {
+	for code := connect.CodeCanceled; code <= connect.CodeUnauthenticated; code++ {
+		if code == connect.CodeUnavailable {
+			continue
+		}
+		in := connect.NewError(code, fmt.Errorf("process with pid %d not found", 42))
+		out := fromStatus("envd-proc", toStatus(in))
+		var ce *connect.Error
+		if !errors.As(out, &ce) || ce.Code() != code || ce.Message() != in.Message() {
+			t.Errorf("%v: got %v", in, out)
+		}
+	}
+}
+
+func TestTransportFailureNamesThePlugin(t *testing.T) {
+	err := fromStatus("envd-fs", status.Error(codes.Unavailable, "connection error"))
+	if connect.CodeOf(err) != connect.CodeUnavailable || !errorsContains(err, "envd-fs") {
+		t.Fatalf("got %v", err)
+	}
+	if !undelivered(status.Error(codes.Unavailable, `connection error: desc = "transport: error while dialing: connect: connection refused"`)) {
+		t.Fatal("dial failure not recognised as undelivered")
+	}
+	if undelivered(status.Error(codes.Unavailable, "error reading from server: EOF")) {
+		t.Fatal("a read failure may have been delivered")
+	}
+	if got := toStatus(context.Canceled); status.Code(got) != codes.Canceled {
+		t.Fatalf("canceled: %v", got)
+	}
+	if got := toStatus(errors.New("boom")); status.Code(got) != codes.Unknown {
+		t.Fatalf("plain error: %v", got)
+	}
+}
+
+func errorsContains(err error, s string) bool {
+	return err != nil && strings.Contains(err.Error(), s)
+}

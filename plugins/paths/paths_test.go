@@ -1,0 +1,45 @@
+package paths
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestResolve(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"", "/work"},
+		{"~", "/home/u"},
+		{"~/a/b", "/home/u/a/b"},
+		{"rel/x", "/home/u/rel/x"},
+		{"../../etc", "/etc"},
+		{"/abs/../kept", "/abs/../kept"}, // absolute paths are used as is
+		{".", "/home/u"},
+	} {
+		got, err := Resolve(c.in, "/home/u", "/work")
+		if err != nil || got != c.want {
+			t.Errorf("Resolve(%q) = %q, %v; want %q", c.in, got, err, c.want)
+		}
+	}
+	if _, err := Resolve("~other/x", "/home/u", ""); !errors.Is(err, ErrOtherHome) {
+		t.Errorf("~other: %v", err)
+	}
+}
+
+func FuzzResolve(f *testing.F) {
+	for _, s := range []string{"", "~", "~/x", "~x", "a/../../b", "/x", strings.Repeat("a/", 2500)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, p string) {
+		got, err := Resolve(p, "/home/u", "/work")
+		if err != nil {
+			if !strings.HasPrefix(p, "~") {
+				t.Fatalf("error for %q: %v", p, err)
+			}
+			return
+		}
+		if p != "" && !strings.HasPrefix(got, "/") {
+			t.Fatalf("Resolve(%q) = %q is not absolute", p, got)
+		}
+	})
+}

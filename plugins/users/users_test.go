@@ -1,0 +1,120 @@
+package users
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+)
+
+const passwd = `root:x:0:0:root:/root:/bin/bash
+# comment
+daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
+user:x:1000:1000::/srv/home-of-user:/bin/bash
+broken:line
+user:x:2000:2000::/dup:/bin/sh
+bad:x:notanumber:1::/:/bin/sh
+`
+
+const group = `root:x:0:
+daemon:x:1:
+user:x:1000:
+docker:x:999:user,other
+audio:x:29: user
+`
+
+func writeDB(t *testing.T) *DB {
+	t.Helper()
+	dir := t.TempDir()
+	p, g := filepath.Join(dir, "passwd"), filepath.Join(dir, "group")
+	if err := os.WriteFile(p, []byte(passwd), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(g, []byte(group), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return &DB{PasswdPath: p, GroupPath: g}
+}
+
+func TestLookup(t *testing.T) {
+	db := writeDB(t)
+	u, err := db.Lookup("user")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The home comes from passwd, never /home/<name>; the first entry wins.
+	if u.UID != 1000 || u.GID != 1000 || u.Home != "/srv/home-of-user" {
+		t.Fatalf("user = %+v", u)
+	}
+	if !slices.Equal(u.Groups, []uint32{1000, 999, 29}) {
+		t.Fatalf("groups = %v", u.Groups)
+	}
+	r, err := db.Lookup("root")
+	if err != nil || r.Home != "/root" {
+		t.Fatalf("root = %+v, %v", r, err)
+	}
+	if _, err := db.Lookup("nobody-here"); err == nil {
+		t.Fatal("unknown user found")
+	}
+	if _, err := db.Lookup("bad"); err == nil {
+		t.Fatal("malformed entry accepted")
+	}
+	if n := db.UserName(1000); n != "user" {
+		t.Fatalf("UserName(1000) = %q", n)
+	}
+	if n := db.UserName(4242); n != "4242" {
+		t.Fatalf("UserName(4242) = %q", n)
+	}
+	if n := db.GroupName(999); n != "docker" {
+		t.Fatalf("GroupName(999) = %q", n)
+	}
+}
+
+func TestLookupSeesChanges(t *testing.T) {
+	db := writeDB(t)
+	if _, err := db.Lookup("newbie"); err == nil {
+		t.Fatal("newbie exists too early")
+	}
+	f, err := os.OpenFile(db.PasswdPath, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = f.WriteString("newbie:x:3000:3000::/home/newbie:/bin/sh\n")
+	f.Close()
+	db.mu.Lock()
+	db.checked = db.checked.Add(-2 * recheck)
+	db.mu.Unlock()
+	if _, err := db.Lookup("newbie"); err != nil {
+		t.Fatalf("new user not seen: %v", err)
+	}
+}
+
+func TestMissingFiles(t *testing.T) {
+	db := &DB{PasswdPath: "/nonexistent/passwd", GroupPath: "/nonexistent/group"}
+	if _, err := db.Lookup("root"); err == nil {
+		t.Fatal("lookup without passwd succeeded")
+	}
+	if n := db.UserName(0); n != "0" {
+		t.Fatalf("UserName without passwd = %q", n)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(passwd), []byte(group))
+	f.Add([]byte("::::::\n:x:1:1::/:\n"), []byte(":::,,,\n"))
+	f.Fuzz(func(t *testing.T, p, g []byte) {
+		byName, uidName := ParsePasswd(p)
+		for name, u := range byName {
+			if name == "" || u.Name != name {
+				t.Fatalf("bad entry %q %+v", name, u)
+			}
+		}
+		for uid, name := range uidName {
+			if _, ok := byName[name]; !ok && name != "" {
+				// A uid maps to the first name with that uid, which is in byName.
+				t.Fatalf("uid %d names %q, not a user", uid, name)
+			}
+		}
+		ParseGroup(g)
+	})
+}
