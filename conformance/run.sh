@@ -53,9 +53,28 @@ if [ ! -x "$envd_bin" ]; then
   [ -x "$envd_bin" ] || die "make build did not produce $envd_bin"
 fi
 
+# http_status prints the status of GET url, or nothing if there is no answer
+# within a second (node is always here; curl may not be).
+http_status() {
+  node -e '
+    fetch(process.argv[1], { signal: AbortSignal.timeout(1000) })
+      .then((r) => process.stdout.write(String(r.status)))
+      .catch(() => {})
+  ' "$1"
+}
+
 # Only one envd may own the port; a stale one would answer our tests.
-if ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; then
-  ss -Hltnp "sport = :$port" >&2 || true
+port_busy=
+if command -v ss >/dev/null; then
+  ss -Hltn "sport = :$port" | grep -q . && port_busy=1
+elif node -e '
+  const s = require("net").connect('"$port"', "127.0.0.1")
+  s.on("connect", () => process.exit(0)).on("error", () => process.exit(1))
+'; then
+  port_busy=1
+fi
+if [ -n "$port_busy" ]; then
+  command -v ss >/dev/null && ss -Hltnp "sport = :$port" >&2
   die "port $port is already in use; stop the process listening on it first"
 fi
 
@@ -82,6 +101,13 @@ cleanup() {
     fi
     wait "$envd_pid" 2>/dev/null || true
   fi
+  # envd-init leads its process group; plugins left in it outlived their
+  # supervisor, which is a bug worth seeing.
+  if [ -n "$envd_pid" ] && pgrep -g "$envd_pid" >/dev/null 2>&1; then
+    echo "conformance: processes of envd's group outlived envd-init, killing them:" >&2
+    pgrep -a -g "$envd_pid" >&2 || true
+    kill -KILL -- "-$envd_pid" 2>/dev/null || true
+  fi
   if [ "$status" -ne 0 ]; then print_log; fi
   rm -f "$log"
 }
@@ -107,7 +133,7 @@ for _ in $(seq 1 100); do
     envd_pid=
     die "envd-init exited (status $rc) before answering /health"
   fi
-  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://localhost:$port/health" || true)
+  code=$(http_status "http://localhost:$port/health")
   case "$code" in 2??) healthy=1; break ;; esac
   sleep 0.1
 done

@@ -172,8 +172,14 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 		RunnerFunc: func(_ hclog.Logger, tmpl *exec.Cmd, _ string) (runner.Runner, error) {
 			cmd := exec.Command(m.spec.Path, m.spec.Args...)
 			cmd.Env = tmpl.Env
+			// Its own process group: a signal to envd-init's group (a
+			// terminal's ^C) must not reach plugins behind envd-init's back;
+			// envd-init stops them in order.
+			// Pdeathsig: a plugin never outlives a crashed envd-init (no
+			// envd-init thread exits while it runs: nothing locks and drops one).
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 			if m.spec.CgroupFD >= 0 {
-				cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: m.spec.CgroupFD}
+				cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, m.spec.CgroupFD
 			}
 			r, err := newReapedRunner(s.reaper, cmd)
 			run = r

@@ -402,6 +402,12 @@ func TestUploadMultipart(t *testing.T) {
 	if _, err := os.Stat("/etc/should-not-write"); err == nil {
 		t.Fatal("non-file field written")
 	}
+	// Space reserved ahead of the data (fallocate) is given back.
+	var st unix.Stat_t
+	unix.Stat(a, &st)
+	if st.Size != 3 || st.Blocks*512 > 64<<10 {
+		t.Fatalf("size %d, %d bytes allocated", st.Size, st.Blocks*512)
+	}
 	// One part with the path parameter; gzip over the whole multipart body.
 	ct, mb = multipartBody(part{"file", "ignored-name", "via path param"})
 	var zb bytes.Buffer

