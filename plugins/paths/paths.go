@@ -12,9 +12,10 @@ import (
 // ErrOtherHome is returned for "~otheruser/..." paths.
 var ErrOtherHome = errors.New("cannot expand user-specific home dir")
 
-// Resolve applies the §6.1 rules for a user whose home is home.
+// Resolve applies the §6.1 rules for a user whose home is home. An empty
+// path with no default workdir is relative, so it is the home.
 func Resolve(p, home, defaultWorkdir string) (string, error) {
-	if p == "" {
+	if p == "" && defaultWorkdir != "" {
 		return defaultWorkdir, nil
 	}
 	if strings.HasPrefix(p, "~") {

@@ -21,6 +21,9 @@ func TestResolve(t *testing.T) {
 			t.Errorf("Resolve(%q) = %q, %v; want %q", c.in, got, err, c.want)
 		}
 	}
+	if got, _ := Resolve("", "/home/u", ""); got != "/home/u" {
+		t.Errorf("empty path without a default workdir: %q", got)
+	}
 	if _, err := Resolve("~other/x", "/home/u", ""); !errors.Is(err, ErrOtherHome) {
 		t.Errorf("~other: %v", err)
 	}

@@ -40,7 +40,7 @@ func stalledConnect(s *Service, sel *procpb.ProcessSelector, release <-chan stru
 func TestFanOutStalledSubscriberPipe(t *testing.T) {
 	t.Parallel()
 	s := newService(t, nil)
-	s.limits = fanout.Limits{Bytes: 1 << 20, Entries: 4096}
+	s.limits = fanout.Limits{Bytes: 1 << 20, Overhead: 160}
 	// 256 separate writes of 16 KiB: a producer paced by fork/exec that the
 	// fast subscribers keep up with, but 4 MiB is far beyond the stalled
 	// one's budget.
@@ -72,7 +72,7 @@ func TestFanOutStalledSubscriberPipe(t *testing.T) {
 func TestFanOutStalledSubscriberPTY(t *testing.T) {
 	t.Parallel()
 	s := newService(t, nil)
-	s.limits = fanout.Limits{Bytes: 1 << 20, Entries: 4096}
+	s.limits = fanout.Limits{Bytes: 1 << 20, Overhead: 160}
 	const size = 256 * 16384
 	st := startStream(t, s, context.Background(), ptyReq("/bin/sh", 80, 24, "-c", "read x; for i in $(seq 256); do head -c 16384 /dev/zero; done"))
 	pid := st.waitPID(t)

@@ -179,12 +179,45 @@ func (p *proc) pump(wg *sync.WaitGroup, f *os.File, size int, wrap func([]byte) 
 	}
 }
 
-// newHub returns an output hub that accounts chunks by their data size.
+// newHub returns an output hub that accounts chunks by their data size and
+// merges consecutive chunks of the same output up to the read size.
 func newHub(policy fanout.Policy, limits fanout.Limits) *fanout.Hub[*procpb.ProcessEvent] {
-	return fanout.New(policy, limits, func(ev *procpb.ProcessEvent) int {
-		d := ev.GetData()
-		return len(d.GetStdout()) + len(d.GetStderr()) + len(d.GetPty())
-	})
+	return fanout.New(policy, limits, eventSize, mergeData)
+}
+
+func eventSize(ev *procpb.ProcessEvent) int {
+	d := ev.GetData()
+	return len(d.GetStdout()) + len(d.GetStderr()) + len(d.GetPty())
+}
+
+// mergeData joins two data events of the same output into a new one of at
+// most one read's size (32 KiB pipe, 16 KiB PTY), never touching either.
+func mergeData(last, v *procpb.ProcessEvent) (*procpb.ProcessEvent, bool) {
+	a, b := last.GetData(), v.GetData()
+	if a == nil || b == nil {
+		return nil, false
+	}
+	join := func(x, y []byte, limit int) ([]byte, bool) {
+		if len(x)+len(y) > limit {
+			return nil, false
+		}
+		return append(append(make([]byte, 0, len(x)+len(y)), x...), y...), true
+	}
+	switch {
+	case a.GetStdout() != nil && b.GetStdout() != nil:
+		if out, ok := join(a.GetStdout(), b.GetStdout(), pipeChunk); ok {
+			return stdoutEvent(out), true
+		}
+	case a.GetStderr() != nil && b.GetStderr() != nil:
+		if out, ok := join(a.GetStderr(), b.GetStderr(), pipeChunk); ok {
+			return stderrEvent(out), true
+		}
+	case a.GetPty() != nil && b.GetPty() != nil:
+		if out, ok := join(a.GetPty(), b.GetPty(), ptyChunk); ok {
+			return ptyEvent(out), true
+		}
+	}
+	return nil, false
 }
 
 func ptyEvent(b []byte) *procpb.ProcessEvent {

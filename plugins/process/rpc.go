@@ -56,24 +56,27 @@ func (s *Service) stream(ctx context.Context, p *proc, sub *fanout.Sub[*procpb.P
 	idle := time.NewTimer(interval)
 	defer idle.Stop()
 	for {
-		select {
-		case ev, ok := <-sub.C():
-			if !ok {
-				if sub.Lagged() {
-					return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf(
-						"output of process %d dropped: this stream fell more than %d bytes behind; reconnect to follow live output", p.pid, s.limits.Bytes))
-				}
-				// Channel closed by the hub: p.end was set before.
-				if err := send(p.end); err != nil {
-					return streamErr("end", err)
-				}
-				return nil
-			}
-			sub.Taken(ev)
+		ev, ok, done := sub.Next()
+		if ok {
 			if err := send(ev); err != nil {
 				return streamErr("data", err)
 			}
 			idle.Reset(interval)
+			continue
+		}
+		if done {
+			if sub.Lagged() {
+				return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf(
+					"output of process %d dropped: this stream fell more than %d bytes behind; reconnect to follow live output", p.pid, s.limits.Bytes))
+			}
+			// Closed by the hub: p.end was set before.
+			if err := send(p.end); err != nil {
+				return streamErr("end", err)
+			}
+			return nil
+		}
+		select {
+		case <-sub.Ready():
 		case <-idle.C:
 			if err := send(keepaliveEvent()); err != nil {
 				return streamErr("keepalive", err)

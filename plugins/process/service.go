@@ -36,12 +36,13 @@ const (
 )
 
 // subscriberLimits bound the output queued for one subscriber that reads
-// slower than the process writes: 8 MiB, or 256 chunks (full 32 KiB pipe
-// chunks reach both bounds together; the queue's slots cost 2 KiB per
-// subscriber up front). Chunk data is shared by all subscribers and held
-// only while someone lags. A burst beyond this cuts a pipe subscriber off
-// (or drops terminal output for it), see package fanout.
-var subscriberLimits = fanout.Limits{Bytes: 8 << 20, Entries: 256}
+// slower than the process writes: 8 MiB, counting about what a queued
+// event costs beyond its data, so a flood of tiny writes is bounded too
+// (consecutive chunks of one output merge, so it rarely gets there).
+// Unmerged chunk data is shared by all subscribers and held only while
+// someone lags. A burst beyond this cuts a pipe subscriber off (or drops
+// terminal output for it), see package fanout.
+var subscriberLimits = fanout.Limits{Bytes: 8 << 20, Overhead: 160}
 
 // Service implements service.Process.
 type Service struct {

@@ -1,11 +1,14 @@
 // Package fanout copies a stream of chunks to any number of subscribers
 // without ever letting a slow subscriber block the producer
 // (ARCHITECTURE principle 6): each subscriber has a queue bounded in bytes
-// (and in entries), and Publish never waits on it.
+// (each chunk also costs a fixed overhead, so a flood of tiny chunks is
+// bounded too), and Publish never waits on it. A chunk that can be merged
+// into the newest queued one is (same kind of output, small enough), so a
+// program that flushes byte by byte costs bytes, not queue entries.
 //
 // What happens when a subscriber's queue is full is the hub's Policy:
 //
-//   - DropSubscriber cuts that subscriber off: its channel is closed and
+//   - DropSubscriber cuts that subscriber off: its queue is closed and
 //     Lagged reports true, so its stream can end with an error the client
 //     sees (and the client may re-attach). Used for pipe output, where a
 //     silently incomplete stdout would be a wrong answer.
@@ -23,17 +26,20 @@ import (
 type Policy int
 
 const (
-	// DropSubscriber closes the lagging subscriber's channel and marks it Lagged.
+	// DropSubscriber closes the lagging subscriber's queue and marks it Lagged.
 	DropSubscriber Policy = iota
 	// DropData discards the chunk for the lagging subscriber only.
 	DropData
 )
 
-// Limits bound one subscriber's queue. A chunk is queued when it fits in
-// both; a subscriber with an empty queue always takes one chunk.
+// Limits bound one subscriber's queue. A chunk is queued when it fits; a
+// subscriber with an empty queue always takes one chunk.
 type Limits struct {
-	Bytes   int // total size of queued chunks
-	Entries int // number of queued chunks
+	Bytes int // total cost of queued chunks: size plus Overhead each
+	// Overhead is the cost of one queued chunk beyond its size.
+	Overhead int
+	// Entries, when positive, also bounds the number of queued chunks.
+	Entries int
 }
 
 // Hub fans chunks out to subscribers. Use New.
@@ -41,6 +47,7 @@ type Hub[T any] struct {
 	policy Policy
 	limits Limits
 	size   func(T) int
+	merge  func(last, v T) (T, bool)
 
 	mu     sync.Mutex
 	subs   map[*Sub[T]]struct{}
@@ -48,46 +55,83 @@ type Hub[T any] struct {
 	nsubs  atomic.Int32
 }
 
-// Sub is one subscriber. Its channel yields every chunk published after
-// Subscribe (minus chunks dropped under DropData) and is closed when the
-// hub closes (after every queued chunk) or when the subscriber is cut off.
-// The receiver must call Taken for every chunk it receives.
+// Sub is one subscriber. Next yields every chunk published after Subscribe
+// (minus chunks dropped under DropData, merged where possible) and then
+// reports done once the hub closes or the subscriber is cut off.
 type Sub[T any] struct {
-	hub     *Hub[T]
-	ch      chan T
-	queued  atomic.Int64 // bytes published to ch and not yet Taken
-	lagged  atomic.Bool
-	dropped atomic.Uint64
+	hub   *Hub[T]
+	ready chan struct{} // signalled when the queue gains a chunk or closes
+
+	mu      sync.Mutex
+	q       []T
+	cost    int
+	closed  bool
+	lagged  bool
+	dropped uint64
 }
 
-// New returns a hub; size gives a chunk's size in bytes.
-func New[T any](policy Policy, limits Limits, size func(T) int) *Hub[T] {
-	limits.Entries = max(limits.Entries, 1)
+// New returns a hub; size gives a chunk's size in bytes; merge (may be nil)
+// combines the newest queued chunk with a new one, returning false when
+// they cannot be combined. merge must not modify its arguments: the same
+// chunk is offered to every subscriber.
+func New[T any](policy Policy, limits Limits, size func(T) int, merge func(last, v T) (T, bool)) *Hub[T] {
 	limits.Bytes = max(limits.Bytes, 1)
-	return &Hub[T]{policy: policy, limits: limits, size: size, subs: map[*Sub[T]]struct{}{}}
+	return &Hub[T]{policy: policy, limits: limits, size: size, merge: merge, subs: map[*Sub[T]]struct{}{}}
 }
 
-// C is the subscriber's receive channel.
-func (s *Sub[T]) C() <-chan T { return s.ch }
+// Ready is signalled when Next may return something new.
+func (s *Sub[T]) Ready() <-chan struct{} { return s.ready }
 
-// Taken returns v's bytes to the subscriber's budget once received.
-func (s *Sub[T]) Taken(v T) { s.queued.Add(-int64(s.hub.size(v))) }
+// Next pops the oldest queued chunk. ok is false when the queue is empty;
+// done is true when it is empty and nothing more will come.
+func (s *Sub[T]) Next() (v T, ok, done bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.q) == 0 {
+		return v, false, s.closed
+	}
+	v = s.q[0]
+	var zero T
+	s.q[0] = zero
+	s.q = s.q[1:]
+	if len(s.q) == 0 {
+		s.q = nil // let the backing array go
+	}
+	s.cost -= s.hub.size(v) + s.hub.limits.Overhead
+	return v, true, false
+}
 
 // Lagged reports whether the subscriber was cut off because its queue was
-// full (DropSubscriber). Valid once C is closed.
-func (s *Sub[T]) Lagged() bool { return s.lagged.Load() }
+// full (DropSubscriber).
+func (s *Sub[T]) Lagged() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lagged
+}
 
 // Dropped is the number of chunks discarded for this subscriber (DropData).
-func (s *Sub[T]) Dropped() uint64 { return s.dropped.Load() }
+func (s *Sub[T]) Dropped() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dropped
+}
 
-// Subscribe adds a subscriber. On a closed hub the subscriber's channel is
-// already closed, so a late subscriber sees the end straight away.
+func (s *Sub[T]) signal() {
+	select {
+	case s.ready <- struct{}{}:
+	default:
+	}
+}
+
+// Subscribe adds a subscriber. On a closed hub the subscriber is already
+// done, so a late subscriber sees the end straight away.
 func (h *Hub[T]) Subscribe() *Sub[T] {
-	s := &Sub[T]{hub: h, ch: make(chan T, h.limits.Entries)}
+	s := &Sub[T]{hub: h, ready: make(chan struct{}, 1)}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
-		close(s.ch)
+		s.closed = true
+		s.signal()
 		return s
 	}
 	h.subs[s] = struct{}{}
@@ -96,7 +140,6 @@ func (h *Hub[T]) Subscribe() *Sub[T] {
 }
 
 // Unsubscribe removes s; it is safe to call more than once and after Close.
-// The channel is left open: nobody reads it any more.
 func (h *Hub[T]) Unsubscribe(s *Sub[T]) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -108,10 +151,37 @@ func (h *Hub[T]) Unsubscribe(s *Sub[T]) {
 // It is a hint: a subscriber may arrive right after it returns false.
 func (h *Hub[T]) HasSubscribers() bool { return h.nsubs.Load() > 0 }
 
+// offer queues v for s, merging it into the newest chunk when possible.
+func (h *Hub[T]) offer(s *Sub[T], v T, n int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if last := len(s.q) - 1; last >= 0 && h.merge != nil && s.cost+n <= h.limits.Bytes {
+		if m, ok := h.merge(s.q[last], v); ok {
+			s.q[last] = m
+			s.cost += n
+			return true
+		}
+	}
+	cost := n + h.limits.Overhead
+	full := s.cost+cost > h.limits.Bytes || (h.limits.Entries > 0 && len(s.q) >= h.limits.Entries)
+	if len(s.q) > 0 && full {
+		if h.policy == DropData {
+			s.dropped++
+			return false
+		}
+		s.lagged = true
+		s.closed = true
+		return false
+	}
+	s.q = append(s.q, v)
+	s.cost += cost
+	return true
+}
+
 // Publish offers v to every subscriber without blocking and returns how
 // many queued it. Chunks published with no subscriber are dropped.
 func (h *Hub[T]) Publish(v T) int {
-	n := int64(h.size(v))
+	n := h.size(v)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
@@ -119,31 +189,19 @@ func (h *Hub[T]) Publish(v T) int {
 	}
 	queued := 0
 	for s := range h.subs {
-		if q := s.queued.Load(); q == 0 || q+n <= int64(h.limits.Bytes) {
-			s.queued.Add(n)
-			select {
-			case s.ch <- v:
-				queued++
-				continue
-			default:
-				s.queued.Add(-n)
-			}
-		}
-		switch h.policy {
-		case DropData:
-			s.dropped.Add(1)
-		default:
-			s.lagged.Store(true)
-			close(s.ch)
+		if h.offer(s, v, n) {
+			queued++
+		} else if s.Lagged() {
 			delete(h.subs, s)
 		}
+		s.signal()
 	}
 	h.nsubs.Store(int32(len(h.subs)))
 	return queued
 }
 
-// Close ends the stream: every subscriber's channel is closed after the
-// chunks already queued in it. Publish after Close is a no-op.
+// Close ends the stream: every subscriber is done after the chunks already
+// queued for it. Publish after Close is a no-op.
 func (h *Hub[T]) Close() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -152,7 +210,10 @@ func (h *Hub[T]) Close() {
 	}
 	h.closed = true
 	for s := range h.subs {
-		close(s.ch)
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		s.signal()
 		delete(h.subs, s)
 	}
 	h.nsubs.Store(0)

@@ -8,11 +8,34 @@ import (
 
 func drain[T any](s *Sub[T]) []T {
 	var out []T
-	for v := range s.C() {
-		s.Taken(v)
-		out = append(out, v)
+	for {
+		v, ok, done := s.Next()
+		if ok {
+			out = append(out, v)
+			continue
+		}
+		if done {
+			return out
+		}
+		<-s.Ready()
 	}
-	return out
+}
+
+// next waits for one chunk.
+func next[T any](s *Sub[T]) T {
+	for {
+		if v, ok, _ := s.Next(); ok {
+			return v
+		}
+		<-s.Ready()
+	}
+}
+
+// queued is how many chunks wait in s.
+func queued[T any](s *Sub[T]) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.q)
 }
 
 func one(int) int { return 1 }
@@ -20,7 +43,7 @@ func one(int) int { return 1 }
 func entries(n int) Limits { return Limits{Bytes: 1 << 30, Entries: n} }
 
 func TestNoSubscriberDrops(t *testing.T) {
-	h := New[int](DropSubscriber, entries(4), one)
+	h := New[int](DropSubscriber, entries(4), one, nil)
 	if h.HasSubscribers() {
 		t.Fatal("fresh hub has subscribers")
 	}
@@ -36,7 +59,7 @@ func TestNoSubscriberDrops(t *testing.T) {
 }
 
 func TestCloseDeliversQueuedThenCloses(t *testing.T) {
-	h := New[int](DropSubscriber, entries(8), one)
+	h := New[int](DropSubscriber, entries(8), one, nil)
 	a, b := h.Subscribe(), h.Subscribe()
 	for i := range 5 {
 		if n := h.Publish(i); n != 2 {
@@ -61,7 +84,7 @@ func TestCloseDeliversQueuedThenCloses(t *testing.T) {
 // A stalled subscriber never blocks Publish; under DropSubscriber it is
 // cut off and learns why, while others keep everything.
 func TestStalledSubscriberCutOff(t *testing.T) {
-	h := New[int](DropSubscriber, entries(4), one)
+	h := New[int](DropSubscriber, entries(4), one, nil)
 	stalled := h.Subscribe()
 	fast := h.Subscribe()
 	var got []int
@@ -77,7 +100,7 @@ func TestStalledSubscriberCutOff(t *testing.T) {
 		for i := range 1000 {
 			h.Publish(i)
 			// Let the fast reader keep up; the stalled one never reads.
-			for len(fast.ch) > 2 {
+			for queued(fast) > 2 {
 				time.Sleep(time.Microsecond)
 			}
 		}
@@ -100,7 +123,7 @@ func TestStalledSubscriberCutOff(t *testing.T) {
 }
 
 func TestStalledSubscriberDropData(t *testing.T) {
-	h := New[int](DropData, entries(3), one)
+	h := New[int](DropData, entries(3), one, nil)
 	s := h.Subscribe()
 	for i := range 10 {
 		h.Publish(i)
@@ -108,7 +131,7 @@ func TestStalledSubscriberDropData(t *testing.T) {
 	if s.Dropped() != 7 {
 		t.Fatalf("dropped %d, want 7", s.Dropped())
 	}
-	s.Taken(<-s.C())
+	next(s)
 	h.Publish(10) // room again: delivered
 	h.Close()
 	got := drain(s)
@@ -118,7 +141,7 @@ func TestStalledSubscriberDropData(t *testing.T) {
 }
 
 func TestUnsubscribe(t *testing.T) {
-	h := New[int](DropSubscriber, entries(0), one) // bound is at least 1
+	h := New[int](DropSubscriber, entries(0), one, nil)
 	s := h.Subscribe()
 	h.Unsubscribe(s)
 	h.Unsubscribe(s)
@@ -130,7 +153,7 @@ func TestUnsubscribe(t *testing.T) {
 }
 
 func TestConcurrentUse(t *testing.T) {
-	h := New[int](DropSubscriber, entries(16), one)
+	h := New[int](DropSubscriber, entries(16), one, nil)
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Add(1)
@@ -138,11 +161,7 @@ func TestConcurrentUse(t *testing.T) {
 			defer wg.Done()
 			for range 50 {
 				s := h.Subscribe()
-				select {
-				case v := <-s.C():
-					s.Taken(v)
-				default:
-				}
+				s.Next()
 				h.Unsubscribe(s)
 			}
 		}()
@@ -155,16 +174,14 @@ func TestConcurrentUse(t *testing.T) {
 }
 
 func BenchmarkPublish4Subscribers(b *testing.B) {
-	h := New[[]byte](DropData, Limits{Bytes: 4 << 20, Entries: 128}, func(b []byte) int { return len(b) })
+	h := New[[]byte](DropData, Limits{Bytes: 4 << 20, Overhead: 128}, func(b []byte) int { return len(b) }, nil)
 	var wg sync.WaitGroup
 	for range 4 {
 		s := h.Subscribe()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for v := range s.C() {
-				s.Taken(v)
-			}
+			drain(s)
 		}()
 	}
 	chunk := make([]byte, 32<<10)
@@ -180,12 +197,12 @@ func BenchmarkPublish4Subscribers(b *testing.B) {
 // chunk always fits an empty queue.
 func TestByteBudget(t *testing.T) {
 	size := func(b []byte) int { return len(b) }
-	h := New[[]byte](DropSubscriber, Limits{Bytes: 100, Entries: 1000}, size)
+	h := New[[]byte](DropSubscriber, Limits{Bytes: 100, Entries: 1000}, size, nil)
 	s := h.Subscribe()
 	if h.Publish(make([]byte, 500)) != 1 {
 		t.Fatal("an oversized chunk must fit an empty queue")
 	}
-	s.Taken(<-s.C())
+	next(s)
 	for range 10 {
 		h.Publish(make([]byte, 10))
 	}
@@ -198,5 +215,48 @@ func TestByteBudget(t *testing.T) {
 	}
 	if got := drain(s); len(got) != 10 {
 		t.Fatalf("queued %d chunks, want 10", len(got))
+	}
+}
+
+// A flood of tiny chunks merges into few entries and stays within budget,
+// so a program that flushes every byte is not cut off (a shell loop, awk
+// with fflush).
+func TestTinyChunksMerge(t *testing.T) {
+	size := func(b []byte) int { return len(b) }
+	merge := func(last, v []byte) ([]byte, bool) {
+		if len(last)+len(v) > 64 {
+			return nil, false
+		}
+		return append(append(make([]byte, 0, len(last)+len(v)), last...), v...), true
+	}
+	h := New[[]byte](DropSubscriber, Limits{Bytes: 1 << 20, Overhead: 128}, size, merge)
+	s := h.Subscribe()
+	shared := []byte("x")
+	for range 100000 {
+		h.Publish(shared)
+	}
+	h.Close()
+	got := drain(s)
+	total := 0
+	for _, b := range got {
+		total += len(b)
+	}
+	if s.Lagged() || total != 100000 || len(got) != 100000/64+1 {
+		t.Fatalf("lagged %v, %d bytes in %d chunks", s.Lagged(), total, len(got))
+	}
+	if string(shared) != "x" {
+		t.Fatal("merge modified a published chunk")
+	}
+}
+
+// Without merging, the per-chunk overhead bounds a flood of tiny chunks.
+func TestOverheadBoundsTinyChunks(t *testing.T) {
+	h := New[[]byte](DropSubscriber, Limits{Bytes: 1000, Overhead: 100}, func(b []byte) int { return len(b) }, nil)
+	s := h.Subscribe()
+	for range 20 {
+		h.Publish([]byte("x"))
+	}
+	if !s.Lagged() || len(drain(s)) != 9 {
+		t.Fatal("tiny chunks were not bounded by their overhead")
 	}
 }
