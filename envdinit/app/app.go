@@ -15,8 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	controlpb "github.com/envd-project/envd/gen/control"
-	procpb "github.com/envd-project/envd/gen/process"
 	"github.com/envd-project/envd/envdinit/frontdoor"
 	"github.com/envd-project/envd/envdinit/hostapi"
 	"github.com/envd-project/envd/envdinit/metrics"
@@ -25,6 +23,8 @@ import (
 	"github.com/envd-project/envd/envdinit/reaper"
 	"github.com/envd-project/envd/envdinit/state"
 	"github.com/envd-project/envd/envdinit/supervisor"
+	controlpb "github.com/envd-project/envd/gen/control"
+	procpb "github.com/envd-project/envd/gen/process"
 	"github.com/envd-project/envd/plugins/cgroups"
 	"github.com/envd-project/envd/plugins/contract"
 	"github.com/envd-project/envd/plugins/grpcadapter"
@@ -180,11 +180,12 @@ func run(cfg Config, log *zap.Logger) error {
 		ResetConns: func() { door.CloseIdle() },
 	})
 	door = frontdoor.New(frontdoor.Options{
-		Log:    log.Named("http"),
-		Conn:   func(name string) grpcadapter.ConnFunc { return sup.Conn(name) },
-		Socket: sup.HTTPSocket,
-		Host:   host,
-		Users:  users.Default,
+		Log:     log.Named("http"),
+		Conn:    func(name string) grpcadapter.ConnFunc { return sup.Conn(name) },
+		Socket:  sup.HTTPSocket,
+		Handoff: sup.HandoffSocket,
+		Host:    host,
+		Users:   users.Default,
 	})
 	host.Start(ctx)
 

@@ -3,6 +3,7 @@ package frontdoor
 import (
 	"encoding/json"
 	"net/http"
+	"strconv"
 )
 
 type connectErrorJSON struct {
@@ -23,3 +24,10 @@ func writeJSONError(w http.ResponseWriter, status int, msg string) {
 	}{status, msg})
 	_, _ = w.Write(append(b, '\n'))
 }
+
+func jsonEscape(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b[1 : len(b)-1])
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }

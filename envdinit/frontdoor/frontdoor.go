@@ -40,8 +40,10 @@ type Options struct {
 	Log    *zap.Logger
 	Conn   func(name string) grpcadapter.ConnFunc
 	Socket func(ctx context.Context, name string) (string, error)
-	Host   Host
-	Users  connectadapter.UserDB
+	// Handoff returns the plugin's socket for whole client connections.
+	Handoff func(ctx context.Context, name string) (string, error)
+	Host    Host
+	Users   connectadapter.UserDB
 }
 
 // Server is the front door.
@@ -63,7 +65,11 @@ func New(opts Options) *Server {
 	identity := connect.WithInterceptors(connectadapter.Identity(opts.Users))
 	mux.Handle(connectadapter.NewProcessHandler(&grpcadapter.ProcessClient{Plugin: contract.Proc, Conn: opts.Conn(contract.Proc)}, identity))
 	mux.Handle(connectadapter.NewFilesystemHandler(&grpcadapter.FilesystemClient{Plugin: contract.FS, Conn: opts.Conn(contract.FS)}, identity))
-	files := newFilesProxy(opts.Log, func(ctx context.Context) (string, error) { return opts.Socket(ctx, contract.FS) })
+	files := &filesRoute{
+		log:   opts.Log,
+		proxy: newFilesProxy(opts.Log, func(ctx context.Context) (string, error) { return opts.Socket(ctx, contract.FS) }),
+		sock:  func(ctx context.Context) (string, error) { return opts.Handoff(ctx, contract.FS) },
+	}
 	mux.Handle("GET /files", opts.Host.FilesAuth(files))
 	mux.Handle("POST /files", opts.Host.FilesAuth(files))
 	mux.Handle("POST /files/compose", files)

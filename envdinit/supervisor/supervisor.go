@@ -331,6 +331,19 @@ func (s *Supervisor) HTTPSocket(ctx context.Context, name string) (string, error
 	return inst.health.GetHttpSocket(), nil
 }
 
+// HandoffSocket returns the socket that takes whole client connections for
+// the plugin's HTTP server.
+func (s *Supervisor) HandoffSocket(ctx context.Context, name string) (string, error) {
+	inst, err := s.wait(ctx, name, nil)
+	if err != nil {
+		return "", err
+	}
+	if inst.health.GetHandoffSocket() == "" {
+		return "", connect.NewError(connect.CodeInternal, fmt.Errorf("plugin %s takes no connections", name))
+	}
+	return inst.health.GetHandoffSocket(), nil
+}
+
 // Pid returns the running plugin's pid, or 0.
 func (s *Supervisor) Pid(name string) int {
 	if m, ok := s.plugins[name]; ok {

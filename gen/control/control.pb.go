@@ -271,8 +271,12 @@ type HealthResponse struct {
 	// so the bytes are never re-framed as gRPC messages.
 	HttpSocket       string `protobuf:"bytes,3,opt,name=http_socket,json=httpSocket,proto3" json:"http_socket,omitempty"`
 	ConfigGeneration uint64 `protobuf:"varint,4,opt,name=config_generation,json=configGeneration,proto3" json:"config_generation,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Unix seqpacket socket that takes whole client connections (SCM_RIGHTS)
+	// for the plugin's HTTP API, so envd-init need not copy bulk bytes at all;
+	// empty when the plugin takes none.
+	HandoffSocket string `protobuf:"bytes,5,opt,name=handoff_socket,json=handoffSocket,proto3" json:"handoff_socket,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HealthResponse) Reset() {
@@ -331,6 +335,13 @@ func (x *HealthResponse) GetConfigGeneration() uint64 {
 		return x.ConfigGeneration
 	}
 	return 0
+}
+
+func (x *HealthResponse) GetHandoffSocket() string {
+	if x != nil {
+		return x.HandoffSocket
+	}
+	return ""
 }
 
 type SnapshotPrepareRequest struct {
@@ -573,13 +584,14 @@ const file_control_control_proto_rawDesc = "" +
 	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x12\n" +
 	"\x04root\x18\x02 \x01(\tR\x04root\"\x13\n" +
 	"\x11ConfigureResponse\"\x0f\n" +
-	"\rHealthRequest\"\x88\x01\n" +
+	"\rHealthRequest\"\xaf\x01\n" +
 	"\x0eHealthResponse\x12\x16\n" +
 	"\x06plugin\x18\x01 \x01(\tR\x06plugin\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\rR\x03pid\x12\x1f\n" +
 	"\vhttp_socket\x18\x03 \x01(\tR\n" +
 	"httpSocket\x12+\n" +
-	"\x11config_generation\x18\x04 \x01(\x04R\x10configGeneration\"\x18\n" +
+	"\x11config_generation\x18\x04 \x01(\x04R\x10configGeneration\x12%\n" +
+	"\x0ehandoff_socket\x18\x05 \x01(\tR\rhandoffSocket\"\x18\n" +
 	"\x16SnapshotPrepareRequest\"\x19\n" +
 	"\x17SnapshotPrepareResponse\"\x19\n" +
 	"\x17SnapshotRestoredRequest\"\x1a\n" +

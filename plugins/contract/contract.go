@@ -47,6 +47,8 @@ type Controllable interface {
 	Shutdown(ctx context.Context) error
 	// HTTPSocket is the Unix socket of the plugin's plain HTTP server, or "".
 	HTTPSocket() string
+	// HandoffSocket takes whole client connections for that server, or "".
+	HandoffSocket() string
 }
 
 // GRPCPlugin is the go-plugin Plugin of every envd plugin. On the plugin
@@ -102,6 +104,7 @@ func (s *ControlServer) Health(context.Context, *controlpb.HealthRequest) (*cont
 		Plugin:           s.Name,
 		Pid:              uint32(os.Getpid()),
 		HttpSocket:       s.Target.HTTPSocket(),
+		HandoffSocket:    s.Target.HandoffSocket(),
 		ConfigGeneration: s.generation.Load(),
 	}, nil
 }

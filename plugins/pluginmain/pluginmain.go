@@ -24,6 +24,7 @@ import (
 	"github.com/envd-project/envd/plugins/connectadapter"
 	"github.com/envd-project/envd/plugins/contract"
 	"github.com/envd-project/envd/plugins/defaults"
+	"github.com/envd-project/envd/plugins/handoff"
 	"github.com/envd-project/envd/plugins/logging"
 	"github.com/envd-project/envd/plugins/memtrim"
 	"github.com/envd-project/envd/plugins/users"
@@ -138,13 +139,14 @@ func serveStandalone(log *zap.Logger, sub Subsystem, addr string, port int) int 
 	return 0
 }
 
-// controllable adds the Unix socket of the plugin's HTTP server.
+// controllable adds the Unix sockets of the plugin's HTTP server.
 type controllable struct {
 	Subsystem
-	socket string
+	socket, handoff string
 }
 
-func (c controllable) HTTPSocket() string { return c.socket }
+func (c controllable) HTTPSocket() string    { return c.socket }
+func (c controllable) HandoffSocket() string { return c.handoff }
 
 func servePlugin(log *zap.Logger, name string, sub Subsystem) int {
 	ctl := controllable{Subsystem: sub}
@@ -166,6 +168,19 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem) int {
 		srv := &http.Server{Handler: trim.Middleware(h), ReadHeaderTimeout: 30 * time.Second, ErrorLog: zap.NewStdLog(log)}
 		go func() { _ = srv.Serve(ln) }()
 		defer srv.Close()
+		// Client connections handed over whole by envd-init: one request each.
+		ctl.handoff = filepath.Join(dir, "handoff.sock")
+		hln, err := handoff.Listen(ctl.handoff)
+		if err != nil {
+			log.Error("handoff socket", zap.Error(err))
+			return 1
+		}
+		hsrv := &http.Server{
+			Handler: handoff.Serve(trim.Middleware(h)), ConnContext: handoff.ConnContext,
+			ReadHeaderTimeout: 30 * time.Second, ErrorLog: zap.NewStdLog(log),
+		}
+		go func() { _ = hsrv.Serve(hln) }()
+		defer hsrv.Close()
 	}
 	// envd-init stops us through the control API and then go-plugin's
 	// controller; a SIGTERM from elsewhere (a whole-tree kill) must still

@@ -66,8 +66,12 @@ func uploadMultipart(url, path string, src string) error {
 	return do(req)
 }
 
+// plain asks for the bytes as they are: Go's transport would otherwise ask
+// for gzip on its own and measure the compressor.
+var plain = &http.Client{Transport: &http.Transport{DisableCompression: true}}
+
 func download(url, path string) error {
-	res, err := http.Get(url + "/files?path=" + path)
+	res, err := plain.Get(url + "/files?path=" + path)
 	if err != nil {
 		return err
 	}
@@ -83,7 +87,7 @@ func download(url, path string) error {
 }
 
 func do(req *http.Request) error {
-	res, err := http.DefaultClient.Do(req)
+	res, err := plain.Do(req)
 	if err != nil {
 		return err
 	}
