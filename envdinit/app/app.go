@@ -161,6 +161,8 @@ func run(cfg Config, log *zap.Logger) error {
 	if err != nil {
 		return fmt.Errorf("listen on port %d: %w", cfg.Port, err)
 	}
+	// Plugins take the longest to come up: start them before anything else.
+	sup.Start()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
@@ -189,7 +191,6 @@ func run(cfg Config, log *zap.Logger) error {
 	})
 	host.Start(ctx)
 
-	sup.Start()
 	if cfg.Cmd != "" {
 		go startCmd(ctx, log, sup, cfg.Cmd)
 	}

@@ -108,13 +108,28 @@ func New(log *zap.Logger, r *reaper.Reaper, store *state.Store, specs []Spec, op
 	return s
 }
 
-// Start launches every plugin in parallel and keeps them running until Stop.
+// firstHeadStart is how long the first plugin (envd-proc: a sandbox's first
+// call is a command) runs alone before the others start: on two vCPUs
+// three plugins starting at once share the CPU and all come up late.
+const firstHeadStart = 100 * time.Millisecond
+
+// Start launches the plugins, the first one alone until it is up (or for
+// firstHeadStart), and keeps them running until Stop.
 func (s *Supervisor) Start() {
-	for _, name := range s.order {
+	for i, name := range s.order {
 		m := s.plugins[name]
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
+			if i > 0 {
+				_, ready := s.plugins[s.order[0]].current()
+				select {
+				case <-ready:
+				case <-time.After(firstHeadStart):
+				case <-s.stopped:
+					return
+				}
+			}
 			s.keep(m)
 		}()
 	}
@@ -185,8 +200,7 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 			run = r
 			return r, err
 		},
-		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
-			grpc.MaxCallRecvMsgSize(contract.MaxMessageSize), grpc.MaxCallSendMsgSize(contract.MaxMessageSize))},
+		GRPCDialOptions: contract.DialOptions(),
 	})
 	fail := func(err error) (*instance, error) {
 		client.Kill()

@@ -37,6 +37,32 @@ var Handshake = plugin.HandshakeConfig{
 // process input and file events can exceed gRPC's 4 MiB default.
 const MaxMessageSize = 64 << 20
 
+// The hop is a local Unix socket: a fixed, large flow-control window
+// needs no bandwidth-delay probing (grpc-go pings on every data frame to
+// size its window otherwise), and one shared write buffer per connection
+// saves an allocation per stream.
+const window = 4 << 20
+
+// DialOptions are envd-init's options for the gRPC connection to a plugin.
+func DialOptions() []grpc.DialOption {
+	return []grpc.DialOption{
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageSize), grpc.MaxCallSendMsgSize(MaxMessageSize)),
+		grpc.WithInitialWindowSize(window),
+		grpc.WithInitialConnWindowSize(window),
+		grpc.WithSharedWriteBuffer(true),
+	}
+}
+
+// ServerOptions are a plugin's options for its gRPC server.
+func ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(MaxMessageSize), grpc.MaxSendMsgSize(MaxMessageSize),
+		grpc.InitialWindowSize(window),
+		grpc.InitialConnWindowSize(window),
+		grpc.SharedWriteBuffer(true),
+	}
+}
+
 // Controllable is what every plugin does for the control API.
 type Controllable interface {
 	// Configure applies the newest sandbox defaults.

@@ -203,8 +203,8 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem) int {
 			sub.RegisterGRPC(s)
 		}}},
 		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
-			opts = append(opts, grpc.MaxRecvMsgSize(contract.MaxMessageSize), grpc.MaxSendMsgSize(contract.MaxMessageSize),
-				grpc.ChainUnaryInterceptor(trim.UnaryInterceptor), grpc.ChainStreamInterceptor(trim.StreamInterceptor))
+			opts = append(opts, contract.ServerOptions()...)
+			opts = append(opts, grpc.ChainUnaryInterceptor(trim.UnaryInterceptor), grpc.ChainStreamInterceptor(trim.StreamInterceptor))
 			return grpc.NewServer(opts...)
 		},
 		Logger: hclog.New(&hclog.LoggerOptions{Output: io.Discard, Level: hclog.Off}),
