@@ -4,6 +4,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/envd-project/envd/plugins/atomicfile"
 	"os"
 	"path/filepath"
 	"strings"
@@ -43,13 +44,13 @@ func (c *caInstaller) install(bundle string) error {
 	if sys != "" && !strings.HasSuffix(sys, "\n") {
 		sys += "\n"
 	}
-	if err := atomicWrite(c.bundlePath, sys+text, 0o644); err != nil {
+	if err := atomicfile.Write(c.bundlePath, sys+text, 0o644); err != nil {
 		return err
 	}
 	if err := os.MkdirAll(filepath.Dir(c.certPath), 0o755); err != nil {
 		return fmt.Errorf("create %s: %w", filepath.Dir(c.certPath), err)
 	}
-	if err := atomicWrite(c.certPath, text, 0o644); err != nil {
+	if err := atomicfile.Write(c.certPath, text, 0o644); err != nil {
 		return err
 	}
 	c.appended = text
@@ -76,30 +77,6 @@ func checkPEM(text string) error {
 	}
 	if len(strings.TrimSpace(string(rest))) > 0 {
 		return errors.New("invalid CA bundle: trailing data after the last certificate")
-	}
-	return nil
-}
-
-// atomicWrite replaces path so that TLS clients never read half a bundle.
-func atomicWrite(path, content string, mode os.FileMode) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", filepath.Dir(path), err)
-	}
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	_, werr := f.WriteString(content)
-	cherr := f.Chmod(mode)
-	cerr := f.Close()
-	if err := errors.Join(werr, cherr, cerr); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
 }

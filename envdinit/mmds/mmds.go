@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/envd-project/envd/plugins/atomicfile"
 	"io"
 	"net/http"
 	"os"
@@ -242,7 +243,7 @@ func Apply(md *Metadata, store *state.Store, runDir string, log *zap.Logger) err
 			continue
 		}
 		set[kv.name] = kv.value
-		if err := writeFile(filepath.Join(runDir, "."+kv.name), kv.value, 0o666); err != nil {
+		if err := atomicfile.Write(filepath.Join(runDir, "."+kv.name), kv.value, 0o666); err != nil {
 			log.Error("mmds: cannot write identity file", zap.Error(err))
 			errs = append(errs, err)
 		}
@@ -278,31 +279,9 @@ func MarkSandbox(store *state.Store, runDir string, isFC bool) error {
 	if isFC {
 		val = "true"
 	}
-	err := writeFile(filepath.Join(runDir, "."+name), val, 0o444)
+	err := atomicfile.Write(filepath.Join(runDir, "."+name), val, 0o444)
 	store.Update(func(m state.Mutation) { m.SetInternalEnv(name, val) })
 	return err
-}
-
-// writeFile replaces path atomically, so readers never see a partial id
-// and a read-only previous file is no obstacle.
-func writeFile(path, content string, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	_, werr := f.WriteString(content)
-	cherr := f.Chmod(mode)
-	cerr := f.Close()
-	if err := errors.Join(werr, cherr, cerr); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }
 
 // PinRoute puts a RETURN rule for 169.254.169.254:80 at the top of nat

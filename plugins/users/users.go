@@ -138,11 +138,10 @@ func (db *DB) GroupName(gid uint32) string {
 	return strconv.FormatUint(uint64(gid), 10)
 }
 
-// ParsePasswd parses passwd(5) text. Malformed lines are skipped; the first
-// entry of a name or uid wins, as getpwnam does.
-func ParsePasswd(data []byte) (map[string]*User, map[uint32]string) {
-	byName := map[string]*User{}
-	uidName := map[uint32]string{}
+// records calls fn with the colon-separated fields of every line of a
+// passwd(5)/group(5) style file that has at least n fields and a name;
+// comments, NIS markers and blank lines are skipped.
+func records(data []byte, n int, fn func(f []string)) {
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 0, 4096), 1<<20)
 	for sc.Scan() {
@@ -150,14 +149,22 @@ func ParsePasswd(data []byte) (map[string]*User, map[uint32]string) {
 		if line == "" || line[0] == '#' || line[0] == '+' || line[0] == '-' {
 			continue
 		}
-		f := strings.Split(line, ":")
-		if len(f) < 7 || f[0] == "" {
-			continue
+		if f := strings.Split(line, ":"); len(f) >= n && f[0] != "" {
+			fn(f)
 		}
+	}
+}
+
+// ParsePasswd parses passwd(5) text. Malformed lines are skipped; the first
+// entry of a name or uid wins, as getpwnam does.
+func ParsePasswd(data []byte) (map[string]*User, map[uint32]string) {
+	byName := map[string]*User{}
+	uidName := map[uint32]string{}
+	records(data, 7, func(f []string) {
 		uid, err1 := strconv.ParseUint(f[2], 10, 32)
 		gid, err2 := strconv.ParseUint(f[3], 10, 32)
 		if err1 != nil || err2 != nil {
-			continue
+			return
 		}
 		if _, dup := byName[f[0]]; !dup {
 			byName[f[0]] = &User{Name: f[0], UID: uint32(uid), GID: uint32(gid), Home: f[5], Shell: f[6]}
@@ -165,7 +172,7 @@ func ParsePasswd(data []byte) (map[string]*User, map[uint32]string) {
 		if _, dup := uidName[uint32(uid)]; !dup {
 			uidName[uint32(uid)] = f[0]
 		}
-	}
+	})
 	return byName, uidName
 }
 
@@ -173,32 +180,22 @@ func ParsePasswd(data []byte) (map[string]*User, map[uint32]string) {
 func ParseGroup(data []byte) (map[uint32]string, map[string][]uint32) {
 	gidName := map[uint32]string{}
 	members := map[string][]uint32{}
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 0, 4096), 1<<20)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || line[0] == '#' || line[0] == '+' || line[0] == '-' {
-			continue
-		}
-		f := strings.Split(line, ":")
-		if len(f) < 4 || f[0] == "" {
-			continue
-		}
+	records(data, 4, func(f []string) {
 		gid, err := strconv.ParseUint(f[2], 10, 32)
 		if err != nil {
-			continue
+			return
 		}
 		if _, dup := gidName[uint32(gid)]; !dup {
 			gidName[uint32(gid)] = f[0]
 		}
 		if f[3] == "" {
-			continue
+			return
 		}
 		for _, m := range strings.Split(f[3], ",") {
 			if m = strings.TrimSpace(m); m != "" {
 				members[m] = append(members[m], uint32(gid))
 			}
 		}
-	}
+	})
 	return gidName, members
 }
