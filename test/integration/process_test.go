@@ -531,3 +531,25 @@ func TestBootCmdAndSigterm(t *testing.T) {
 		t.Fatal("timed out")
 	}
 }
+
+func TestKeepaliveAcrossTheHop(t *testing.T) {
+	e := envdtest.Start(t)
+	forEachProtocol(t, e, func(t *testing.T, cl processconnect.ProcessClient) {
+		ctx := envdtest.Ctx(t, 20*time.Second)
+		req := connect.NewRequest(&procpb.StartRequest{Process: sh("sleep 2.3")})
+		req.Header().Set("Keepalive-Ping-Interval", "1")
+		stream, err := cl.Start(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer stream.Close()
+		var c collected
+		for stream.Receive() {
+			c.add(stream.Msg().GetEvent())
+		}
+		n := strings.Count(strings.Join(c.order, ","), "keepalive")
+		if n < 1 || n > 3 || c.end == nil {
+			t.Fatalf("events %v (%v)", c.order, stream.Err())
+		}
+	})
+}
