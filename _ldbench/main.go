@@ -2,8 +2,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"google.golang.org/protobuf/proto"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -88,6 +91,36 @@ func main() {
 			}
 			res[c.name] = append(res[c.name], time.Since(t0))
 		}
+	}
+	raw := []struct{ name, url, ct string }{
+		{"RAW init json", e.URL, "application/json"},
+		{"RAW init proto", e.URL, "application/proto"},
+		{"RAW std json", std, "application/json"},
+		{"RAW std proto", std, "application/proto"},
+	}
+	for r := 0; r < n; r++ {
+		for _, c := range raw {
+			var body []byte
+			if c.ct == "application/json" {
+				body = []byte(fmt.Sprintf(`{"path":%q,"depth":1}`, dir))
+			} else {
+				body, _ = proto.Marshal(&fspb.ListDirRequest{Path: dir, Depth: 1})
+			}
+			t0 := time.Now()
+			resp, err := http.Post(c.url+"/filesystem.Filesystem/ListDir", c.ct, bytes.NewReader(body))
+			if err != nil {
+				panic(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || len(b) < 100000 {
+				panic(string(b))
+			}
+			res[c.name] = append(res[c.name], time.Since(t0))
+		}
+	}
+	for _, c := range raw {
+		cfgs = append(cfgs, cfg{name: c.name})
 	}
 	for _, c := range cfgs {
 		d := res[c.name]

@@ -56,6 +56,7 @@ func main() {
 		{"memory", benchMemory},
 		{"cold start", benchColdStart},
 		{"files", benchFiles},
+		{"big upload", benchBigUpload},
 		{"host", benchHost},
 	}
 	only := os.Getenv("BENCH_ONLY")
