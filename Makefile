@@ -38,8 +38,10 @@ test: build vet test-go test-conformance
 test-go:
 	ENVD_BUNDLE=$(CURDIR)/$(BIN) $(GO) test -race -timeout 8m ./...
 
+# The SDK against both flavors (their /health and env var names differ).
 test-conformance: build
-	bash conformance/run.sh
+	ENVD_FLAVOR=e2b bash conformance/run.sh
+	ENVD_FLAVOR=wrenn bash conformance/run.sh
 
 bench: build
 	ENVD_BUNDLE=$(CURDIR)/$(BIN) $(GO) run ./test/bench
