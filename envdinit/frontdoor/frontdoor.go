@@ -62,9 +62,9 @@ const IdleTimeout = 640 * time.Second
 func New(opts Options) *Server {
 	s := &Server{log: opts.Log, conns: map[net.Conn]http.ConnState{}, trim: memtrim.New(trimIdle)}
 	mux := http.NewServeMux()
-	identity := connect.WithInterceptors(connectadapter.Identity(opts.Users))
-	mux.Handle(connectadapter.NewProcessHandler(&grpcadapter.ProcessClient{Plugin: contract.Proc, Conn: opts.Conn(contract.Proc)}, identity))
-	mux.Handle(connectadapter.NewFilesystemHandler(&grpcadapter.FilesystemClient{Plugin: contract.FS, Conn: opts.Conn(contract.FS)}, identity))
+	handlerOpts := connectadapter.HandlerOptions(opts.Users)
+	mux.Handle(connectadapter.NewProcessHandler(&grpcadapter.ProcessClient{Plugin: contract.Proc, Conn: opts.Conn(contract.Proc)}, handlerOpts...))
+	mux.Handle(connectadapter.NewFilesystemHandler(&grpcadapter.FilesystemClient{Plugin: contract.FS, Conn: opts.Conn(contract.FS)}, handlerOpts...))
 	files := &filesRoute{
 		log:   opts.Log,
 		proxy: newFilesProxy(opts.Log, func(ctx context.Context) (string, error) { return opts.Socket(ctx, contract.FS) }),

@@ -19,12 +19,17 @@ import (
 
 // NewProcessHandler returns the path prefix and handler of process.Process.
 func NewProcessHandler(svc service.Process, opts ...connect.HandlerOption) (string, http.Handler) {
-	return processconnect.NewProcessHandler(&process{svc}, opts...)
+	return processconnect.NewProcessHandler(&process{svc}, withCodecs(opts)...)
 }
 
 // NewFilesystemHandler returns the path prefix and handler of filesystem.Filesystem.
 func NewFilesystemHandler(svc service.Filesystem, opts ...connect.HandlerOption) (string, http.Handler) {
-	return filesystemconnect.NewFilesystemHandler(&filesystem{svc}, opts...)
+	return filesystemconnect.NewFilesystemHandler(&filesystem{svc}, withCodecs(opts)...)
+}
+
+// withCodecs puts JSONCodecs first, so that a caller's own codec still wins.
+func withCodecs(opts []connect.HandlerOption) []connect.HandlerOption {
+	return append([]connect.HandlerOption{JSONCodecs()}, opts...)
 }
 
 func unary[Req, Res any](ctx context.Context, req *connect.Request[Req],

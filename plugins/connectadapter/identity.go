@@ -14,6 +14,22 @@ import (
 
 var errEOF = io.EOF
 
+// compressMinBytes keeps the small events of a stream (start, end,
+// keepalive, a line of output) out of gzip: a gzip writer's reset alone
+// costs more than sending them. Clients that advertise gzip accept
+// identity too; large messages (a ListDir, a burst of output) are still
+// compressed.
+const compressMinBytes = 1024
+
+// HandlerOptions are the Connect handler options of every surface that
+// serves the public services (envd-init's front door, a standalone plugin).
+func HandlerOptions(db UserDB) []connect.HandlerOption {
+	return []connect.HandlerOption{
+		connect.WithInterceptors(Identity(db)),
+		connect.WithCompressMinBytes(compressMinBytes),
+	}
+}
+
 // UserDB is what the identity check needs of the user database.
 type UserDB interface {
 	Lookup(name string) (*users.User, error)

@@ -1,7 +1,6 @@
 package filesystem
 
 import (
-	"bufio"
 	"compress/flate"
 	"compress/gzip"
 	"encoding/json"
@@ -10,7 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"mime"
-	"mime/multipart"
+	"mime/quotedprintable"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -31,10 +30,7 @@ import (
 // a few concurrent transfers stay within a few MiB.
 const copyBufSize = 1 << 20
 
-var (
-	bufPool    = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
-	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, copyBufSize) }}
-)
+var bufPool = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
 
 // FilesHandler serves GET /files, POST /files and POST /files/compose (WIRE
 // §7.6–7.8). Access tokens and URL signatures are checked by envd-init
@@ -380,23 +376,19 @@ func (h *FilesHandler) upload(w http.ResponseWriter, r *http.Request) {
 		if body != r.Body {
 			clen = -1 // the length on the wire is not the file's
 		}
-		if herr := h.writeFile(u, p, body, clen, md, *bp); herr != nil {
+		if herr := h.writeFile(u, p, &readerSource{r: body, buf: *bp}, clen, md); herr != nil {
 			jsonError(w, herr.code, herr.msg)
 			return
 		}
 		results = append(results, h.result(p))
 	case strings.HasPrefix(mediaType, "multipart/"):
-		// multipart.NewReader keeps a *bufio.Reader it is given (it would
-		// otherwise read the socket in 4 KiB pieces): one large buffer
-		// turns ~25,000 read calls per 100 MiB into ~100.
-		br := readerPool.Get().(*bufio.Reader)
-		br.Reset(body)
-		defer func() { br.Reset(nil); readerPool.Put(br) }()
-		mr := multipart.NewReader(br, params["boundary"])
+		// The pooled buffer is the parser's window; file parts are written
+		// straight from it.
+		mr := newMultipartReader(body, params["boundary"], *bp)
 		seen := map[string]bool{}
 		results = []uploadResult{}
 		for {
-			part, err := mr.NextPart()
+			part, err := mr.nextPart()
 			if err == io.EOF {
 				break
 			}
@@ -408,10 +400,9 @@ func (h *FilesHandler) upload(w http.ResponseWriter, r *http.Request) {
 				jsonError(w, http.StatusInternalServerError, fmt.Sprintf("error parsing multipart body: %v", err))
 				return
 			}
-			_, cd, _ := mime.ParseMediaType(part.Header.Get("Content-Disposition"))
+			_, cd, _ := mime.ParseMediaType(part.header.Get("Content-Disposition"))
 			if cd["name"] != "file" {
-				part.Close()
-				continue
+				continue // nextPart skips the rest of it
 			}
 			// The filename is a path, used verbatim (Part.FileName would
 			// strip it to its base name).
@@ -420,25 +411,20 @@ func (h *FilesHandler) upload(w http.ResponseWriter, r *http.Request) {
 				target = cd["filename"]
 			}
 			if target == "" {
-				part.Close()
 				jsonError(w, http.StatusBadRequest, "missing filename in multipart part and no path query parameter")
 				return
 			}
 			p, herr := h.resolve(target, u)
 			if herr != nil {
-				part.Close()
 				jsonError(w, herr.code, herr.msg)
 				return
 			}
 			if seen[p] {
-				part.Close()
 				jsonError(w, http.StatusBadRequest, fmt.Sprintf("you cannot upload multiple files to the same path '%s' in one upload request", p))
 				return
 			}
 			seen[p] = true
-			herr = h.writeFile(u, p, part, -1, md, *bp)
-			part.Close()
-			if herr != nil {
+			if herr := h.writePart(u, p, part, md); herr != nil {
 				jsonError(w, herr.code, herr.msg)
 				return
 			}
@@ -451,6 +437,17 @@ func (h *FilesHandler) upload(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusOK)
 	json.NewEncoder(w).Encode(results)
+}
+
+// writePart stores a multipart file part at p.
+func (h *FilesHandler) writePart(u *users.User, p string, part *multipartPart, md map[string]string) *httpError {
+	if !part.quotedPrintable {
+		return h.writeFile(u, p, part, -1, md)
+	}
+	// Decoded as mime/multipart's NextPart does; the slow path.
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	return h.writeFile(u, p, &readerSource{r: quotedprintable.NewReader(part), buf: *bp}, -1, md)
 }
 
 func (h *FilesHandler) result(p string) uploadResult {

@@ -109,7 +109,7 @@ func Main(spec Spec, args []string) int {
 
 func serveStandalone(log *zap.Logger, sub Subsystem, addr string, port int) int {
 	mux := http.NewServeMux()
-	sub.Mount(mux, connect.WithInterceptors(connectadapter.Identity(users.Default)))
+	sub.Mount(mux, connectadapter.HandlerOptions(users.Default)...)
 	if h := sub.HTTPHandler(); h != nil {
 		mux.Handle("/", h)
 	}
