@@ -64,6 +64,10 @@ func (t *Trimmer) Run(ctx context.Context) {
 		now := t.seq.Load()
 		if now == last && now != trimmed {
 			debug.FreeOSMemory()
+			// Code and tables used only at start-up or by the last burst
+			// stay mapped otherwise; the page cache keeps them for the
+			// next burst, which maps back what it touches.
+			_ = ShrinkExecutableMappings()
 			trimmed = now
 		}
 		last = now
