@@ -26,16 +26,27 @@ import (
 
 // checkSame encodes m with JSONCodec and protojson and requires the same
 // outcome: the same error, or bytes equal to protojson's once its random
-// whitespace is compacted away, which protojson parses back to m.
-func checkSame(t testing.TB, m proto.Message) {
+// whitespace is compacted away, which protojson parses back to m. It
+// reports whether the fast path encoded m.
+func checkSame(t testing.TB, m proto.Message) (fast bool) {
 	t.Helper()
+	if r, ok := m.(*fspb.ListDirResponse); ok && r != nil {
+		var out []byte
+		out, fast = appendListDir([]byte("pre"), r)
+		if !fast && string(out) != "pre" {
+			t.Fatalf("a failed fast path left %q", out)
+		}
+	}
 	got, gotErr := JSONCodec{}.Marshal(m)
 	want, wantErr := protojson.Marshal(m)
 	if (gotErr == nil) != (wantErr == nil) || (gotErr != nil && gotErr.Error() != wantErr.Error()) {
 		t.Fatalf("errors differ: fast %v, protojson %v", gotErr, wantErr)
 	}
 	if wantErr != nil {
-		return
+		if fast {
+			t.Fatalf("fast path encoded what protojson rejects (%v)", wantErr)
+		}
+		return false
 	}
 	// Compacting drops protojson's random spaces (and those of a fallback).
 	var g, w bytes.Buffer
@@ -55,6 +66,7 @@ func checkSame(t testing.TB, m proto.Message) {
 	if !proto.Equal(back, m) {
 		t.Fatalf("round trip differs:\nin  %v\nout %v", m, back)
 	}
+	return fast
 }
 
 func ts(sec int64, nsec int32) *timestamppb.Timestamp {
@@ -86,8 +98,10 @@ func TestJSONCodecEdgeCases(t *testing.T) {
 	}
 	for i, e := range entries {
 		t.Run(fmt.Sprint(i), func(t *testing.T) {
-			checkSame(t, &fspb.ListDirResponse{Entries: []*fspb.EntryInfo{e}})
-			checkSame(t, &fspb.ListDirResponse{Entries: []*fspb.EntryInfo{e, entries[1], e}})
+			if !checkSame(t, &fspb.ListDirResponse{Entries: []*fspb.EntryInfo{e}}) ||
+				!checkSame(t, &fspb.ListDirResponse{Entries: []*fspb.EntryInfo{e, entries[1], e}}) {
+				t.Fatal("fast path not taken")
+			}
 		})
 	}
 	checkSame(t, &fspb.ListDirResponse{})
@@ -173,13 +187,22 @@ func randEntry(r *rand.Rand) *fspb.EntryInfo {
 
 func TestJSONCodecRandom(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
-	for range 3000 {
+	fast := 0
+	const n = 3000
+	for range n {
 		m := &fspb.ListDirResponse{}
 		for range r.IntN(4) {
 			m.Entries = append(m.Entries, randEntry(r))
 		}
-		checkSame(t, m)
+		if checkSame(t, m) {
+			fast++
+		}
 	}
+	// Invalid UTF-8 is in the alphabet, so some fall back, most must not.
+	if fast < n/4 {
+		t.Fatalf("fast path taken %d times of %d", fast, n)
+	}
+	t.Logf("fast path taken %d times of %d", fast, n)
 }
 
 func FuzzJSONCodec(f *testing.F) {
@@ -306,6 +329,10 @@ func TestJSONCodecThroughHandler(t *testing.T) {
 		res.Body.Close()
 		if res.StatusCode != http.StatusOK {
 			t.Fatalf("%s: %d %s", ct, res.StatusCode, body)
+		}
+		// Go's transport asked for gzip and unpacked it; gzip is announced once.
+		if !res.Uncompressed || strings.Join(res.Header.Values("Accept-Encoding"), ",") != "gzip" {
+			t.Fatalf("%s: uncompressed %v, Accept-Encoding %q", ct, res.Uncompressed, res.Header.Values("Accept-Encoding"))
 		}
 		var back fspb.ListDirResponse
 		if err := protojson.Unmarshal(body, &back); err != nil || !proto.Equal(&back, list) {

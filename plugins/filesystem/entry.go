@@ -1,12 +1,14 @@
 package filesystem
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
 	"path/filepath"
-	"strings"
+	"sync/atomic"
 	"unicode/utf8"
+	"unsafe"
 
 	"connectrpc.com/connect"
 	"golang.org/x/sys/unix"
@@ -21,15 +23,17 @@ const MetadataPrefix = "user.e2b."
 
 // names resolves uid/gid to names through the users DB, memoising per call
 // so that a listing of 10,000 entries takes the DB lock once per distinct id.
+// One names serves one goroutine.
 type names struct {
 	db     *users.DB
 	uids   map[uint32]string
 	gids   map[uint32]string
-	xattrs []byte // scratch buffer for listxattr
+	perms  map[uint32]string // FileMode.String() by raw st_mode
+	xattrs []byte            // scratch buffer for listxattr
 }
 
 func newNames(db *users.DB) *names {
-	return &names{db: db, uids: map[uint32]string{}, gids: map[uint32]string{}}
+	return &names{db: db, uids: map[uint32]string{}, gids: map[uint32]string{}, perms: map[uint32]string{}}
 }
 
 func (n *names) user(uid uint32) string {
@@ -47,6 +51,15 @@ func (n *names) group(gid uint32) string {
 	}
 	s := n.db.GroupName(gid)
 	n.gids[gid] = s
+	return s
+}
+
+func (n *names) permissions(mode uint32) string {
+	if s, ok := n.perms[mode]; ok {
+		return s
+	}
+	s := fileMode(mode).String()
+	n.perms[mode] = s
 	return s
 }
 
@@ -71,26 +84,43 @@ func lstat(path string, st *unix.Stat_t) error {
 	}
 }
 
-// fromStat fills an EntryInfo from an lstat result.
+// fromStat builds an EntryInfo from an lstat result.
 func (n *names) fromStat(path, name string, st *unix.Stat_t) *fspb.EntryInfo {
-	mode := fileMode(st.Mode)
-	e := &fspb.EntryInfo{
-		Name:        name,
-		Path:        path,
-		Size:        st.Size,
-		Permissions: mode.String(),
-		Owner:       n.user(st.Uid),
-		Group:       n.group(st.Gid),
-	}
+	e := new(fspb.EntryInfo)
+	n.fill(e, new(timestamppb.Timestamp), entryRef{dirfd: -1, name: name, path: path}, st)
+	return e
+}
+
+// entryRef names an entry for the syscalls that follow its lstat: by path,
+// or (when dirfd >= 0) also by name relative to an open directory, which
+// spares the kernel a walk of the whole path.
+type entryRef struct {
+	dirfd int
+	name  string
+	path  string // the real path of the entry
+}
+
+// fill sets e (and mt, which becomes e's modified time when there is one)
+// from an lstat result. Taking both from the caller lets a listing
+// allocate them in bulk.
+func (n *names) fill(e *fspb.EntryInfo, mt *timestamppb.Timestamp, ref entryRef, st *unix.Stat_t) {
+	e.Name = ref.name
+	e.Path = ref.path
+	e.Size = st.Size
+	e.Permissions = n.permissions(st.Mode)
+	e.Owner = n.user(st.Uid)
+	e.Group = n.group(st.Gid)
 	if st.Mtim.Sec != 0 || st.Mtim.Nsec != 0 {
-		e.ModifiedTime = &timestamppb.Timestamp{Seconds: st.Mtim.Sec, Nanos: int32(st.Mtim.Nsec)}
+		mt.Seconds, mt.Nanos = st.Mtim.Sec, int32(st.Mtim.Nsec)
+		e.ModifiedTime = mt
 	}
+	mode := fileMode(st.Mode)
 	if mode&fs.ModeSymlink != 0 {
 		// Type and permission bits are the final target's; the target
 		// reported is fully resolved, or the link's own path if that fails.
-		target, err := filepath.EvalSymlinks(path)
+		target, err := filepath.EvalSymlinks(ref.path)
 		if err != nil {
-			target = path
+			target = ref.path
 		} else if !filepath.IsAbs(target) {
 			if abs, err := filepath.Abs(target); err == nil {
 				target = abs
@@ -107,8 +137,7 @@ func (n *names) fromStat(path, name string, st *unix.Stat_t) *fspb.EntryInfo {
 		e.Type = fileType(mode)
 		e.Mode = uint32(mode.Perm())
 	}
-	e.Metadata = n.metadata(path)
-	return e
+	e.Metadata = n.metadataRef(ref)
 }
 
 func fileType(m fs.FileMode) fspb.FileType {
@@ -155,38 +184,98 @@ func fileMode(m uint32) fs.FileMode {
 // xattrs cannot be set on a link itself, so a link shows its target's). Keys or values that are not
 // valid UTF-8 are skipped; nil when there are none or xattrs are unsupported.
 func (n *names) metadata(path string) map[string]string {
+	return n.metadataRef(entryRef{dirfd: -1, path: path})
+}
+
+func (n *names) metadataRef(ref entryRef) map[string]string {
 	if n.xattrs == nil {
 		n.xattrs = make([]byte, 4096)
 	}
-	sz, err := unix.Listxattr(path, n.xattrs)
+	sz, err := n.listxattr(ref, n.xattrs)
 	if errors.Is(err, unix.ERANGE) {
-		if sz, err = unix.Listxattr(path, nil); err == nil {
+		if sz, err = n.listxattr(ref, nil); err == nil {
 			n.xattrs = make([]byte, sz+256)
-			sz, err = unix.Listxattr(path, n.xattrs)
+			sz, err = n.listxattr(ref, n.xattrs)
 		}
 	}
 	if err != nil || sz <= 0 {
 		return nil
 	}
 	var md map[string]string
-	for _, key := range strings.Split(string(n.xattrs[:sz]), "\x00") {
-		if !strings.HasPrefix(key, MetadataPrefix) || len(key) == len(MetadataPrefix) {
+	for list := n.xattrs[:sz]; len(list) > 0; {
+		var key []byte
+		if i := bytes.IndexByte(list, 0); i >= 0 {
+			key, list = list[:i], list[i+1:]
+		} else {
+			key, list = list, nil
+		}
+		if len(key) <= len(MetadataPrefix) || string(key[:len(MetadataPrefix)]) != MetadataPrefix {
 			continue
 		}
-		val, err := getxattr(path, key)
+		val, err := getxattr(ref.path, string(key))
 		if err != nil {
 			continue
 		}
 		k := key[len(MetadataPrefix):]
-		if !utf8.ValidString(k) || !utf8.Valid(val) {
+		if !utf8.Valid(k) || !utf8.Valid(val) {
 			continue
 		}
 		if md == nil {
 			md = map[string]string{}
 		}
-		md[k] = string(val)
+		md[string(k)] = string(val)
 	}
 	return md
+}
+
+// noListxattrat is set once the kernel turns listxattrat(2) down (it came
+// with Linux 6.13); every later call then goes by path.
+var noListxattrat atomic.Bool
+
+// listxattr lists the xattr names of the entry, following symlinks.
+func (n *names) listxattr(ref entryRef, buf []byte) (int, error) {
+	at := ref.dirfd >= 0 && !noListxattrat.Load()
+	if at {
+		sz, err := listxattrat(ref.dirfd, ref.name, buf)
+		switch err {
+		case unix.ENOSYS: // an older kernel
+			noListxattrat.Store(true)
+		case unix.EPERM: // perhaps a seccomp filter that does not know the call
+		default:
+			return sz, err
+		}
+	}
+	for {
+		sz, err := unix.Listxattr(ref.path, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if at && err == nil {
+			noListxattrat.Store(true) // the path works where the call did not
+		}
+		return sz, err
+	}
+}
+
+func listxattrat(dirfd int, name string, buf []byte) (int, error) {
+	p, err := unix.BytePtrFromString(name)
+	if err != nil {
+		return 0, err
+	}
+	var ptr unsafe.Pointer
+	if len(buf) > 0 {
+		ptr = unsafe.Pointer(&buf[0])
+	}
+	for {
+		r, _, e := unix.Syscall6(unix.SYS_LISTXATTRAT, uintptr(dirfd), uintptr(unsafe.Pointer(p)), 0, uintptr(ptr), uintptr(len(buf)), 0)
+		switch e {
+		case 0:
+			return int(r), nil
+		case unix.EINTR:
+			continue
+		}
+		return 0, e
+	}
 }
 
 func getxattr(path, key string) ([]byte, error) {

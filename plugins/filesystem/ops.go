@@ -11,9 +11,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"connectrpc.com/connect"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	fspb "github.com/envd-project/envd/gen/filesystem"
 )
@@ -208,6 +210,11 @@ type lister struct {
 // large listing, and they run in parallel on every core.
 const parallelMin = 512
 
+// statBlock is how many entries a worker takes at a time: small enough to
+// even out workers slowed by a busy core, large enough to keep the shared
+// counter cold.
+const statBlock = 128
+
 type statResult struct {
 	e   *fspb.EntryInfo
 	dir bool
@@ -236,35 +243,48 @@ func (l *lister) walk(real, shown string, level int) error {
 	}
 	slices.Sort(list)
 	dirfd := int(f.Fd())
+	// Entry paths are prefix + name, which is what filepath.Join gives for
+	// a single clean name (readdir never yields "", ".", ".." or a slash).
+	realPrefix, shownPrefix := joinPrefix(real), joinPrefix(shown)
+	samePrefix := realPrefix == shownPrefix
 	results := make([]statResult, len(list))
+	// One allocation for all entries and their times instead of two each.
+	entries := make([]fspb.EntryInfo, len(list))
+	times := make([]timestamppb.Timestamp, len(list))
 	statOne := func(nm *names, i int) {
 		name := list[i]
 		var st unix.Stat_t
 		if err := fstatat(dirfd, name, &st); err != nil {
 			if !errors.Is(err, unix.ENOENT) {
-				results[i].err = &fs.PathError{Op: "lstat", Path: filepath.Join(real, name), Err: err}
+				results[i].err = &fs.PathError{Op: "lstat", Path: realPrefix + name, Err: err}
 			}
 			return // a vanished entry is skipped
 		}
-		e := nm.fromStat(filepath.Join(real, name), name, &st)
-		e.Path = filepath.Join(shown, name)
+		path := realPrefix + name
+		e := &entries[i]
+		nm.fill(e, &times[i], entryRef{dirfd: dirfd, name: name, path: path}, &st)
+		if !samePrefix {
+			e.Path = shownPrefix + name
+		}
 		results[i] = statResult{e: e, dir: st.Mode&unix.S_IFMT == unix.S_IFDIR}
 	}
-	if workers := runtime.GOMAXPROCS(0); len(list) >= parallelMin && workers > 1 {
+	if workers := min(runtime.GOMAXPROCS(0), (len(list)+statBlock-1)/statBlock); len(list) >= parallelMin && workers > 1 {
+		var next atomic.Int64
 		var wg sync.WaitGroup
-		chunk := (len(list) + workers - 1) / workers
-		for w := 0; w < workers; w++ {
-			lo, hi := w*chunk, min((w+1)*chunk, len(list))
-			if lo >= hi {
-				break
-			}
+		for w := range workers {
 			nm := l.names
 			if w > 0 {
 				nm = newNames(l.names.db) // names caches are per goroutine
 			}
 			wg.Go(func() {
-				for i := lo; i < hi; i++ {
-					statOne(nm, i)
+				for {
+					lo := int(next.Add(statBlock)) - statBlock
+					if lo >= len(list) {
+						return
+					}
+					for i := lo; i < min(lo+statBlock, len(list)); i++ {
+						statOne(nm, i)
+					}
 				}
 			})
 		}
@@ -273,6 +293,9 @@ func (l *lister) walk(real, shown string, level int) error {
 		for i := range list {
 			statOne(l.names, i)
 		}
+	}
+	if l.out == nil {
+		l.out = make([]*fspb.EntryInfo, 0, len(list))
 	}
 	for _, r := range results {
 		if r.err != nil {
@@ -283,12 +306,27 @@ func (l *lister) walk(real, shown string, level int) error {
 		}
 		l.out = append(l.out, r.e)
 		if r.dir && level < l.depth {
-			if err := l.walk(filepath.Join(real, r.e.Name), r.e.Path, level+1); err != nil {
+			if err := l.walk(realPrefix+r.e.Name, r.e.Path, level+1); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// joinPrefix returns what filepath.Join(dir, name) puts before a clean
+// single-component name.
+func joinPrefix(dir string) string {
+	if dir == "" {
+		return ""
+	}
+	switch dir = filepath.Clean(dir); dir {
+	case ".":
+		return ""
+	case string(filepath.Separator):
+		return dir
+	}
+	return dir + string(filepath.Separator)
 }
 
 func fstatat(dirfd int, name string, st *unix.Stat_t) error {

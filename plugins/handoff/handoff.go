@@ -25,9 +25,13 @@ import (
 	"net/textproto"
 	"os"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
+
+// sendTimeout bounds one handoff, acknowledgement included.
+const sendTimeout = 5 * time.Second
 
 // MaxMessage bounds one handoff message (seqpacket keeps it whole).
 const MaxMessage = 64 << 10
@@ -84,22 +88,37 @@ func RequestHead(r *http.Request) []byte {
 	return b.Bytes()
 }
 
-// Send passes conn to the receiver at path with msg. conn stays open here;
-// the caller closes its copy afterwards.
-func Send(ctx context.Context, path string, conn *net.TCPConn, msg []byte) error {
+// Sender is a connection to a receiver, made before the client's
+// connection is taken, so that a receiver that is down costs nothing.
+type Sender struct {
+	c *net.UnixConn
+}
+
+// Dial connects to the receiver at path.
+func Dial(ctx context.Context, path string) (*Sender, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unixpacket", path)
 	if err != nil {
-		return fmt.Errorf("handoff: dial %s: %w", path, err)
+		return nil, fmt.Errorf("handoff: dial %s: %w", path, err)
 	}
-	defer c.Close()
+	return &Sender{c: c.(*net.UnixConn)}, nil
+}
+
+// Close releases the sender.
+func (s *Sender) Close() error { return s.c.Close() }
+
+// Send passes conn with msg and waits for the receiver to take it. conn
+// stays open here; the caller closes its copy afterwards.
+func (s *Sender) Send(conn *net.TCPConn, msg []byte) error {
+	// A receiver that stopped accepting must not hold the client forever.
+	_ = s.c.SetDeadline(time.Now().Add(sendTimeout))
 	raw, err := conn.SyscallConn()
 	if err != nil {
 		return err
 	}
 	var sendErr error
 	err = raw.Control(func(fd uintptr) {
-		_, _, sendErr = c.(*net.UnixConn).WriteMsgUnix(msg, unix.UnixRights(int(fd)), nil)
+		_, _, sendErr = s.c.WriteMsgUnix(msg, unix.UnixRights(int(fd)), nil)
 	})
 	if err == nil {
 		err = sendErr
@@ -107,10 +126,10 @@ func Send(ctx context.Context, path string, conn *net.TCPConn, msg []byte) error
 	if err != nil {
 		return fmt.Errorf("handoff: send: %w", err)
 	}
-	// Wait for the receiver to take it, so a failure is reported here,
-	// while the caller can still answer the client.
+	// The acknowledgement reports a failure here, while the caller can
+	// still answer the client.
 	var ack [1]byte
-	if _, err := c.Read(ack[:]); err != nil {
+	if _, err := s.c.Read(ack[:]); err != nil {
 		return fmt.Errorf("handoff: no acknowledgement: %w", err)
 	}
 	return nil

@@ -10,26 +10,26 @@ import (
 	"go.uber.org/zap"
 )
 
-// filesRoute gives a /files request to envd-fs. An HTTP/1 request on TCP
-// hands envd-fs the client's connection itself, so the file's bytes move
-// between the socket and the disk in envd-fs alone (sendfile for
-// downloads). Anything else (h2c, a handoff that cannot be made) goes
-// through the reverse proxy.
-type filesRoute struct {
-	log   *zap.Logger
-	proxy http.Handler
-	sock  func(ctx context.Context) (string, error)
+// handoffRoute gives a request to a plugin by handing it the client's TCP
+// connection itself: the plugin serves the request and closes the
+// connection, and not a byte of the exchange crosses envd-init (sendfile
+// for downloads). Anything that cannot be handed over (h2c, a plugin that
+// is down) goes to next, the proxy.
+type handoffRoute struct {
+	log  *zap.Logger
+	next http.Handler
+	sock func(ctx context.Context) (string, error)
 }
 
-func (f *filesRoute) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if f.handOff(w, r) {
+func (h *handoffRoute) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.handOff(w, r) {
 		return
 	}
-	f.proxy.ServeHTTP(w, r)
+	h.next.ServeHTTP(w, r)
 }
 
 // handOff reports whether it took care of the request.
-func (f *filesRoute) handOff(w http.ResponseWriter, r *http.Request) bool {
+func (h *handoffRoute) handOff(w http.ResponseWriter, r *http.Request) bool {
 	if r.ProtoMajor != 1 {
 		return false
 	}
@@ -38,14 +38,21 @@ func (f *filesRoute) handOff(w http.ResponseWriter, r *http.Request) bool {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
-	path, err := f.sock(ctx)
+	path, err := h.sock(ctx)
 	if err != nil {
-		return false // the proxy answers (and waits for envd-fs) the same way
+		return false // the proxy answers (and waits for the plugin) the same way
 	}
 	head := handoff.RequestHead(r)
 	if len(head) > handoff.MaxMessage/2 {
 		return false
 	}
+	// Reach the plugin before taking the connection: a plugin that just
+	// died is the proxy's to report (and wait for).
+	sender, err := handoff.Dial(ctx, path)
+	if err != nil {
+		return false
+	}
+	defer sender.Close()
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		return false
@@ -54,25 +61,25 @@ func (f *filesRoute) handOff(w http.ResponseWriter, r *http.Request) bool {
 	defer conn.Close()
 	tcp, ok := conn.(*net.TCPConn)
 	if !ok {
-		f.fail(conn, "connection is not TCP")
+		h.fail(conn, "connection is not TCP")
 		return true
 	}
 	buffered, _ := brw.Reader.Peek(brw.Reader.Buffered())
 	msg, err := handoff.Encode(w.Header(), append(head, buffered...))
 	if err == nil {
-		err = handoff.Send(ctx, path, tcp, msg)
+		err = sender.Send(tcp, msg)
 	}
 	if err != nil {
-		f.log.Warn("files handoff failed", zap.Error(err))
-		f.fail(conn, err.Error())
+		h.log.Warn("connection handoff failed", zap.String("path", r.URL.Path), zap.Error(err))
+		h.fail(conn, err.Error())
 	}
 	return true
 }
 
 // fail answers a request whose connection was taken but not handed over.
-func (f *filesRoute) fail(conn net.Conn, msg string) {
+func (h *handoffRoute) fail(conn net.Conn, msg string) {
 	_ = conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	body := `{"code":503,"message":"file transfer unavailable: ` + jsonEscape(msg) + `"}` + "\n"
+	body := `{"code":503,"message":"request could not be passed on: ` + jsonEscape(msg) + `"}` + "\n"
 	_, _ = conn.Write([]byte("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\nContent-Length: " +
 		itoa(len(body)) + "\r\n\r\n" + body))
 }
