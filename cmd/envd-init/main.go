@@ -11,15 +11,12 @@ import (
 	"github.com/envd-project/envd/envdinit/app"
 	"github.com/envd-project/envd/plugins/contract"
 	"github.com/envd-project/envd/plugins/fsplugin"
-	"github.com/envd-project/envd/plugins/memtrim"
 	"github.com/envd-project/envd/plugins/netplugin"
 	"github.com/envd-project/envd/plugins/pluginmain"
 	"github.com/envd-project/envd/plugins/procplugin"
 )
 
 func main() {
-	// Best effort: the tree works the same without it, only bigger.
-	_ = memtrim.ShrinkExecutableMappings()
 	switch filepath.Base(os.Args[0]) {
 	case contract.Proc:
 		os.Exit(pluginmain.Main(procplugin.Spec, os.Args[1:]))
