@@ -155,7 +155,7 @@ func run(cfg Config, log *zap.Logger) error {
 		ReservedPorts:  []uint32{uint32(cfg.Port)},
 		ForwardAddress: "169.254.0.21",
 	})
-	sup := supervisor.New(log.Named("supervisor"), rp, store, specs, supervisor.Options{})
+	sup := supervisor.New(log.Named("supervisor"), rp, store, specs, supervisor.Options{SocketDir: socketDir(log)})
 
 	ln, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(cfg.Port)))
 	if err != nil {
@@ -173,13 +173,14 @@ func run(cfg Config, log *zap.Logger) error {
 	go sampler.Run(ctx)
 	var mmdsClient *mmds.Client
 	if !cfg.IsNotFC {
-		mmdsClient = mmds.NewClient(cfg.MMDSAddr, log.Named("mmds"))
+		mmdsClient = mmds.NewClient(cfg.MMDSAddr, log.Named("mmds"), mmds.WithRunner(rp.Output))
 	}
 	var door *frontdoor.Server
 	host := hostapi.New(hostapi.Options{
 		Log: log.Named("hostapi"), Store: store, Plugins: sup, Version: Version, Commit: Commit,
 		IsNotFC: cfg.IsNotFC, MMDS: mmdsClient, Metrics: sampler,
 		ResetConns: func() { door.CloseIdle() },
+		Run:        rp.Output,
 	})
 	door = frontdoor.New(frontdoor.Options{
 		Log:     log.Named("http"),
@@ -209,12 +210,28 @@ func run(cfg Config, log *zap.Logger) error {
 			log.Error("serve failed", zap.Error(err))
 		}
 	}
+	// Plugins first: ending user processes and watches is what ends the
+	// streams the front door would otherwise wait for.
 	stopCtx, stopCancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer stopCancel()
-	_ = door.Shutdown(stopCtx)
-	host.Close()
 	sup.Stop(stopCtx)
+	doorCtx, doorCancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer doorCancel()
+	_ = door.Shutdown(doorCtx)
+	host.Close()
 	return nil
+}
+
+// socketDir is where envd's private Unix sockets live: not /tmp, which a
+// sandbox user may wipe (rm -rf /tmp/*) and so cut envd-init off from its
+// plugins for good.
+func socketDir(log *zap.Logger) string {
+	const dir = "/run/envd"
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		log.Warn("no private socket directory; using the temp dir", zap.String("dir", dir), zap.Error(err))
+		return ""
+	}
+	return dir
 }
 
 // startCmd runs --cmd through envd-proc once it is up, like Wrenn-Go's

@@ -156,7 +156,8 @@ func (s *Server) CloseIdle() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c, st := range s.conns {
-		if st == http.StateIdle || st == http.StateNew {
+		// A new connection may carry a request not read yet: leave it.
+		if st == http.StateIdle {
 			_ = c.Close()
 		}
 	}

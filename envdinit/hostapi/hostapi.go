@@ -6,6 +6,7 @@ package hostapi
 import (
 	"context"
 	"encoding/json"
+	"github.com/envd-project/envd/envdinit/reaper"
 	"net/http"
 	"path/filepath"
 	"sync"
@@ -58,6 +59,9 @@ type Options struct {
 	CACertDir string
 	// MountTimeout bounds all NFS mounts of one /init (10 s).
 	MountTimeout time.Duration
+	// Run runs commands (mount, umount); envd-init passes its reaper's,
+	// so no exit status is reaped twice. Default: plain os/exec (tests).
+	Run reaper.RunFunc
 	// RepollTimeout bounds the MMDS re-poll after /init (60 s).
 	RepollTimeout time.Duration
 	// PrepareTimeout bounds the plugins' quiesce in /snapshot/prepare (2.5 s:
@@ -121,6 +125,9 @@ func New(opts Options) *API {
 	if opts.CACertDir == "" {
 		opts.CACertDir = "/usr/local/share/ca-certificates"
 	}
+	if opts.Run == nil {
+		opts.Run = reaper.ExecOutput
+	}
 	if opts.MountTimeout <= 0 {
 		opts.MountTimeout = 10 * time.Second
 	}
@@ -146,7 +153,7 @@ func New(opts Options) *API {
 			bundlePath: opts.CABundle,
 			certPath:   filepath.Join(opts.CACertDir, string(flavor)+"-ca.crt"),
 		},
-		nfs: nfsMounter{log: opts.Log, mounted: map[string]string{}},
+		nfs: nfsMounter{log: opts.Log, run: opts.Run, mounted: map[string]string{}},
 	}
 	a.bgCtx, a.bgCancel = context.WithCancel(context.Background())
 	return a

@@ -6,8 +6,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/envd-project/envd/envdinit/reaper"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -25,6 +25,7 @@ const nfsOptions = "fg,hard,sync,rsize=1048576,wsize=1048576,mountproto=tcp,moun
 // path was mounted for so a repeated /init does not remount.
 type nfsMounter struct {
 	log     *zap.Logger
+	run     reaper.RunFunc
 	mu      sync.Mutex
 	mounted map[string]string // path → lifecycle ID
 }
@@ -73,11 +74,11 @@ func (n *nfsMounter) mountOne(ctx context.Context, target, path string) error {
 	}
 	if mounted {
 		n.log.Info("nfs: unmounting a stale mount", zap.String("path", path))
-		if out, err := exec.CommandContext(ctx, "umount", "--force", "--", path).CombinedOutput(); err != nil {
+		if out, err := n.run(ctx, "umount", "--force", "--", path); err != nil {
 			n.log.Warn("nfs: forced umount failed, detaching lazily", zap.Error(err), zap.ByteString("output", out))
 			lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 			defer cancel()
-			if out, err := exec.CommandContext(lctx, "umount", "--lazy", "--", path).CombinedOutput(); err != nil {
+			if out, err := n.run(lctx, "umount", "--lazy", "--", path); err != nil {
 				return fmt.Errorf("umount stale mount: %w: %s", err, bytes.TrimSpace(out))
 			}
 		}
@@ -88,9 +89,7 @@ func (n *nfsMounter) mountOne(ctx context.Context, target, path string) error {
 	if err := os.MkdirAll(path, 0o755); err != nil {
 		return fmt.Errorf("create mount point: %w", err)
 	}
-	cmd := exec.CommandContext(ctx, "mount", "-v", "-t", "nfs", "-o", nfsOptions, "--", target, path)
-	cmd.WaitDelay = time.Second
-	if out, err := cmd.CombinedOutput(); err != nil {
+	if out, err := n.run(ctx, "mount", "-v", "-t", "nfs", "-o", nfsOptions, "--", target, path); err != nil {
 		if ctx.Err() != nil {
 			err = fmt.Errorf("%w (%v)", ctx.Err(), err)
 		}

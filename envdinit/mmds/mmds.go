@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/envd-project/envd/envdinit/reaper"
 	"github.com/envd-project/envd/plugins/atomicfile"
 	"io"
 	"net/http"
@@ -48,6 +49,7 @@ type Metadata struct {
 type Client struct {
 	addr     string
 	log      *zap.Logger
+	run      reaper.RunFunc
 	http     *http.Client
 	interval time.Duration
 	repair   func(ctx context.Context) error
@@ -55,6 +57,11 @@ type Client struct {
 
 // Option configures a Client.
 type Option func(*Client)
+
+// WithRunner runs commands (iptables) through run: envd-init's reaper.
+func WithRunner(run reaper.RunFunc) Option {
+	return func(c *Client) { c.run = run }
+}
 
 // WithTimeout changes the per-request timeout.
 func WithTimeout(d time.Duration) Option {
@@ -89,9 +96,10 @@ func NewClient(addr string, log *zap.Logger, opts ...Option) *Client {
 			Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true},
 		},
 		interval: DefaultPollInterval,
+		run:      reaper.ExecOutput,
 	}
 	if addr == DefaultAddr {
-		c.repair = func(ctx context.Context) error { return PinRoute(ctx, log) }
+		c.repair = func(ctx context.Context) error { return PinRoute(ctx, log, c.run) }
 	}
 	for _, o := range opts {
 		o(c)
@@ -287,7 +295,7 @@ func MarkSandbox(store *state.Store, runDir string, isFC bool) error {
 // PinRoute puts a RETURN rule for 169.254.169.254:80 at the top of nat
 // PREROUTING and OUTPUT (delete, then insert at 1), so that a user's
 // redirect rules cannot shadow MMDS (E2B's self-heal, §9.1).
-func PinRoute(ctx context.Context, log *zap.Logger) error {
+func PinRoute(ctx context.Context, log *zap.Logger, run reaper.RunFunc) error {
 	bin, err := exec.LookPath("iptables")
 	if err != nil {
 		return fmt.Errorf("pin mmds route: %w", err)
@@ -297,9 +305,9 @@ func PinRoute(ctx context.Context, log *zap.Logger) error {
 	for _, chain := range []string{"PREROUTING", "OUTPUT"} {
 		del := append([]string{"-w", "5", "-t", "nat", "-D", chain}, rule...)
 		// Absent rule: nothing to delete, not an error.
-		_ = exec.CommandContext(ctx, bin, del...).Run()
+		_, _ = run(ctx, bin, del...)
 		ins := append([]string{"-w", "5", "-t", "nat", "-I", chain, "1"}, rule...)
-		if out, err := exec.CommandContext(ctx, bin, ins...).CombinedOutput(); err != nil {
+		if out, err := run(ctx, bin, ins...); err != nil {
 			errs = append(errs, fmt.Errorf("iptables -I %s: %w: %s", chain, err, bytes.TrimSpace(out)))
 		}
 	}

@@ -7,8 +7,10 @@
 package reaper
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -150,4 +152,57 @@ func (r *Reaper) Run(cmd *exec.Cmd) error {
 		return nil
 	}
 	return fmt.Errorf("%s: %s", cmd.Path, exit)
+}
+
+// RunFunc runs a command to completion and returns its combined output.
+// Everything envd-init runs goes through one, so that the reaper (and
+// nothing else) waits for it.
+type RunFunc func(ctx context.Context, name string, args ...string) ([]byte, error)
+
+// outputLimit bounds what is kept of a command's output.
+const outputLimit = 1 << 20
+
+// Output is the reaper's RunFunc: the command's status comes from the
+// reaper's publication, never from a wait of its own. ctx kills it.
+func (r *Reaper) Output(ctx context.Context, name string, args ...string) ([]byte, error) {
+	cmd := exec.Command(name, args...)
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("%s: output pipe: %w", name, err)
+	}
+	cmd.Stdout, cmd.Stderr = pw, pw
+	ch, err := r.Start(cmd)
+	pw.Close()
+	if err != nil {
+		pr.Close()
+		return nil, err
+	}
+	out := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(io.LimitReader(pr, outputLimit))
+		_, _ = io.Copy(io.Discard, pr) // a chatty command must not block on a full pipe
+		pr.Close()
+		out <- b
+	}()
+	var exit Exit
+	select {
+	case exit = <-ch:
+	case <-ctx.Done():
+		_ = cmd.Process.Kill()
+		exit = <-ch
+	}
+	_ = cmd.Process.Release()
+	b := <-out
+	if exit.Status.Exited() && exit.Status.ExitStatus() == 0 {
+		return b, nil
+	}
+	if ctx.Err() != nil {
+		return b, fmt.Errorf("%s: %s: %w", name, exit, ctx.Err())
+	}
+	return b, fmt.Errorf("%s: %s", name, exit)
+}
+
+// ExecOutput is a RunFunc for processes that run no reaper (tests, tools).
+func ExecOutput(ctx context.Context, name string, args ...string) ([]byte, error) {
+	return exec.CommandContext(ctx, name, args...).CombinedOutput()
 }

@@ -1,6 +1,7 @@
 package reaper
 
 import (
+	"context"
 	"os/exec"
 	"strings"
 	"sync"
@@ -59,5 +60,27 @@ func TestSignalExit(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("no exit")
+	}
+}
+
+// Output runs a command next to the reap loop without losing its status
+// (os/exec's own wait would race wait4(-1) and fail with ECHILD).
+func TestOutputUnderTheReaper(t *testing.T) {
+	r := New(zap.NewNop())
+	defer r.Close()
+	for i := 0; i < 50; i++ {
+		out, err := r.Output(context.Background(), "/bin/sh", "-c", "echo hi; echo err >&2")
+		if err != nil || string(out) != "hi\nerr\n" {
+			t.Fatalf("run %d: %q %v", i, out, err)
+		}
+	}
+	if _, err := r.Output(context.Background(), "/bin/sh", "-c", "exit 3"); err == nil || !strings.Contains(err.Error(), "exit status 3") {
+		t.Fatalf("exit 3: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	t0 := time.Now()
+	if _, err := r.Output(ctx, "/bin/sleep", "30"); err == nil || time.Since(t0) > 5*time.Second {
+		t.Fatalf("timeout: %v after %v", err, time.Since(t0))
 	}
 }

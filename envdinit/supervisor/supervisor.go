@@ -46,6 +46,8 @@ type Options struct {
 	MinBackoff, MaxBackoff time.Duration
 	// StartTimeout bounds one plugin start (exec to handshake and config).
 	StartTimeout time.Duration
+	// SocketDir holds the plugins' Unix sockets; "" is the system temp dir.
+	SocketDir string
 }
 
 func (o *Options) setDefaults() {
@@ -200,7 +202,8 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 			run = r
 			return r, err
 		},
-		GRPCDialOptions: contract.DialOptions(),
+		GRPCDialOptions:  contract.DialOptions(),
+		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: s.opts.SocketDir},
 	})
 	fail := func(err error) (*instance, error) {
 		client.Kill()
@@ -312,6 +315,9 @@ func (s *Supervisor) wait(ctx context.Context, name string, stale grpc.ClientCon
 		case <-wake:
 		case <-retry:
 		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return nil, connect.NewError(connect.CodeDeadlineExceeded, ctx.Err())
+			}
 			return nil, connect.NewError(connect.CodeCanceled, ctx.Err())
 		case <-t.C:
 			return nil, connect.NewError(connect.CodeUnavailable,

@@ -9,6 +9,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/envd-project/envd/plugins/callinfo"
+	"github.com/envd-project/envd/plugins/contract"
 	"github.com/envd-project/envd/plugins/users"
 )
 
@@ -27,6 +28,9 @@ func HandlerOptions(db UserDB) []connect.HandlerOption {
 	return []connect.HandlerOption{
 		connect.WithInterceptors(Identity(db)),
 		connect.WithCompressMinBytes(compressMinBytes),
+		// envd-init would buffer (and gunzip) a message of any size; nothing
+		// larger crosses the hop to a plugin anyway.
+		connect.WithReadMaxBytes(contract.MaxMessageSize),
 	}
 }
 

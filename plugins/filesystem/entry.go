@@ -30,6 +30,7 @@ type names struct {
 	gids   map[uint32]string
 	perms  map[uint32]string // FileMode.String() by raw st_mode
 	xattrs []byte            // scratch buffer for listxattr
+	cname  []byte            // scratch NUL-terminated name for listxattrat
 }
 
 func newNames(db *users.DB) *names {
@@ -236,7 +237,8 @@ var noListxattrat atomic.Bool
 func (n *names) listxattr(ref entryRef, buf []byte) (int, error) {
 	at := ref.dirfd >= 0 && !noListxattrat.Load()
 	if at {
-		sz, err := listxattrat(ref.dirfd, ref.name, buf)
+		n.cname = append(append(n.cname[:0], ref.name...), 0)
+		sz, err := listxattrat(ref.dirfd, n.cname, buf)
 		switch err {
 		case unix.ENOSYS: // an older kernel
 			noListxattrat.Store(true)
@@ -257,17 +259,17 @@ func (n *names) listxattr(ref entryRef, buf []byte) (int, error) {
 	}
 }
 
-func listxattrat(dirfd int, name string, buf []byte) (int, error) {
-	p, err := unix.BytePtrFromString(name)
-	if err != nil {
-		return 0, err
+// listxattrat is listxattrat(2) with a NUL-terminated name.
+func listxattrat(dirfd int, cname []byte, buf []byte) (int, error) {
+	if bytes.IndexByte(cname, 0) != len(cname)-1 {
+		return 0, unix.EINVAL
 	}
 	var ptr unsafe.Pointer
 	if len(buf) > 0 {
 		ptr = unsafe.Pointer(&buf[0])
 	}
 	for {
-		r, _, e := unix.Syscall6(unix.SYS_LISTXATTRAT, uintptr(dirfd), uintptr(unsafe.Pointer(p)), 0, uintptr(ptr), uintptr(len(buf)), 0)
+		r, _, e := unix.Syscall6(unix.SYS_LISTXATTRAT, uintptr(dirfd), uintptr(unsafe.Pointer(&cname[0])), 0, uintptr(ptr), uintptr(len(buf)), 0)
 		switch e {
 		case 0:
 			return int(r), nil

@@ -3,6 +3,7 @@ package filesystem
 import (
 	"bytes"
 	"crypto/rand"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -24,7 +25,7 @@ func BenchmarkMultipartFind(b *testing.B) {
 			data []byte
 		}{{"random", random}, {"text", text}} {
 			m := newMultipartReader(nil, bd, make([]byte, copyBufSize))
-			b.Run(d.name+"/len"+itoa(len(m.nlDashBoundary))+"/find", func(b *testing.B) {
+			b.Run(d.name+"/len"+strconv.Itoa(len(m.nlDashBoundary))+"/find", func(b *testing.B) {
 				b.SetBytes(int64(len(d.data)))
 				for b.Loop() {
 					if m.find(d.data) >= 0 {
@@ -32,7 +33,7 @@ func BenchmarkMultipartFind(b *testing.B) {
 					}
 				}
 			})
-			b.Run(d.name+"/len"+itoa(len(m.nlDashBoundary))+"/bytes.Index", func(b *testing.B) {
+			b.Run(d.name+"/len"+strconv.Itoa(len(m.nlDashBoundary))+"/bytes.Index", func(b *testing.B) {
 				b.SetBytes(int64(len(d.data)))
 				for b.Loop() {
 					if bytes.Index(d.data, m.nlDashBoundary) >= 0 {
@@ -42,11 +43,4 @@ func BenchmarkMultipartFind(b *testing.B) {
 			})
 		}
 	}
-}
-
-func itoa(n int) string {
-	if n < 10 {
-		return string(rune('0' + n))
-	}
-	return itoa(n/10) + string(rune('0'+n%10))
 }

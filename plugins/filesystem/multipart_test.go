@@ -3,13 +3,18 @@ package filesystem
 import (
 	"bufio"
 	"bytes"
+	"compress/gzip"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"mime/multipart"
 	"mime/quotedprintable"
+	"net/http"
 	"net/textproto"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -288,4 +293,149 @@ type countingReader struct {
 func (c *countingReader) Read(p []byte) (int, error) {
 	c.reads++
 	return c.r.Read(p)
+}
+
+// TestUploadMultipartLarge sends several multi-window parts whose data is
+// full of near-delimiters, plain and gzipped, and a quoted-printable part
+// and a body with bare "\n" line breaks; every file must hold exactly its
+// part's data.
+func TestUploadMultipartLarge(t *testing.T) {
+	srv := newFiles(t)
+	dir := t.TempDir()
+	var body bytes.Buffer
+	mw := multipart.NewWriter(&body)
+	rng := rand.New(rand.NewPCG(5, 6))
+	near := []byte("\r\n--" + mw.Boundary())
+	want := map[string][]byte{}
+	for i, size := range []int{3 << 20, 0, copyBufSize - 1, copyBufSize, 1, 2*copyBufSize + 17} {
+		data := make([]byte, size)
+		for j := range data {
+			data[j] = byte(rng.Uint32())
+		}
+		// Delimiters cut short or followed by a wrong byte, and one cut by
+		// a window's edge.
+		for at := 0; at+len(near)+1 < size; at += 1 + rng.IntN(200000) {
+			n := copy(data[at:], near[:1+rng.IntN(len(near))])
+			if n == len(near) {
+				data[at+n] = 'x'
+			}
+		}
+		p := filepath.Join(dir, fmt.Sprint("f", i))
+		want[p] = data
+		w, _ := mw.CreateFormFile("file", p)
+		w.Write(data)
+		o, _ := mw.CreateFormField("other")
+		o.Write(data[:min(len(data), 1000)])
+	}
+	mw.Close()
+	check := func(t *testing.T) {
+		for p, data := range want {
+			if got, err := os.ReadFile(p); err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("%s: %d bytes, want %d (%v)", p, len(got), len(data), err)
+			}
+			os.Remove(p)
+		}
+	}
+	post := func(t *testing.T, body io.Reader, ctype string, hdr ...string) []uploadResult {
+		req, _ := http.NewRequest(http.MethodPost, filesURL(srv, ""), body)
+		req.Header.Set("Content-Type", ctype)
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		resp, b := do(t, req)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%d %s", resp.StatusCode, b)
+		}
+		var res []uploadResult
+		if err := json.Unmarshal(b, &res); err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	t.Run("plain", func(t *testing.T) {
+		if res := post(t, bytes.NewReader(body.Bytes()), mw.FormDataContentType()); len(res) != len(want) {
+			t.Fatalf("%d results", len(res))
+		}
+		check(t)
+	})
+	t.Run("gzip", func(t *testing.T) {
+		var zb bytes.Buffer
+		zw := gzip.NewWriter(&zb)
+		zw.Write(body.Bytes())
+		zw.Close()
+		post(t, &zb, mw.FormDataContentType(), "Content-Encoding", "gzip")
+		check(t)
+	})
+	t.Run("quoted-printable", func(t *testing.T) {
+		p := filepath.Join(dir, "qp")
+		b := "--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"" + p + "\"\r\n" +
+			"Content-Transfer-Encoding: quoted-printable\r\n\r\ncaf=C3=A9 =\r\nsoft\r\n--B--\r\n"
+		post(t, strings.NewReader(b), "multipart/form-data; boundary=B")
+		if got, _ := os.ReadFile(p); string(got) != "café soft" {
+			t.Fatalf("%q", got)
+		}
+	})
+	t.Run("bare LF", func(t *testing.T) {
+		p := filepath.Join(dir, "lf")
+		b := "--B\nContent-Disposition: form-data; name=\"file\"; filename=\"" + p + "\"\n\nline\r\n--B\n\n--B--"
+		post(t, strings.NewReader(b), "multipart/form-data; boundary=B")
+		if got, _ := os.ReadFile(p); string(got) != "line\r" {
+			t.Fatalf("%q", got)
+		}
+	})
+}
+
+// TestUploadMultipartErrors: syntax errors answer 500, a broken gzip
+// stream 400, and a failed part leaves no file behind.
+func TestUploadMultipartErrors(t *testing.T) {
+	srv := newFiles(t)
+	dir := t.TempDir()
+	p := filepath.Join(dir, "x")
+	head := "--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"" + p + "\"\r\n\r\n"
+	for _, c := range []struct {
+		name, ctype, body string
+		code              int
+	}{
+		{"no boundary", "multipart/form-data", head + "x\r\n--B--", 500},
+		{"boundary too long", "multipart/form-data; boundary=" + strings.Repeat("b", copyBufSize/4), "", 500},
+		{"cut in the data", "multipart/form-data; boundary=B", head + "xyz", 500},
+		{"cut in a header", "multipart/form-data; boundary=B", "--B\r\nContent-Disposition: form-data; name=\"file\"", 500},
+		{"bad header", "multipart/form-data; boundary=B", "--B\r\nno colon\r\n\r\nx\r\n--B--", 500},
+		{"header larger than the window", "multipart/form-data; boundary=B", "--B\r\nA: " + strings.Repeat("a", copyBufSize) + "\r\n\r\nx\r\n--B--", 500},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			req, _ := http.NewRequest(http.MethodPost, filesURL(srv, ""), strings.NewReader(c.body))
+			req.Header.Set("Content-Type", c.ctype)
+			resp, b := do(t, req)
+			wantJSONError(t, resp, b, c.code, "")
+			if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+				t.Fatalf("left behind: %v", ents)
+			}
+		})
+	}
+	// A part that is complete is kept when a later one fails.
+	req, _ := http.NewRequest(http.MethodPost, filesURL(srv, ""), strings.NewReader(head+"x\r\n--B\r\njunk"))
+	req.Header.Set("Content-Type", "multipart/form-data; boundary=B")
+	resp, b := do(t, req)
+	wantJSONError(t, resp, b, 500, "multipart")
+	if got, _ := os.ReadFile(p); string(got) != "x" {
+		t.Fatalf("%q", got)
+	}
+	os.Remove(p)
+	// A gzip stream cut inside the first part's data. (A broken CRC goes
+	// unnoticed, as with E2B: the parts end before the gzip trailer.)
+	_, mb := multipartBody(part{"file", p, strings.Repeat("data", 100000)})
+	var zb bytes.Buffer
+	zw := gzip.NewWriter(&zb)
+	zw.Write(mb)
+	zw.Close()
+	bad := zb.Bytes()[:zb.Len()/2]
+	req, _ = http.NewRequest(http.MethodPost, filesURL(srv, ""), bytes.NewReader(bad))
+	req.Header.Set("Content-Type", "multipart/form-data; boundary="+string(mb[2:bytes.IndexByte(mb, '\r')]))
+	req.Header.Set("Content-Encoding", "gzip")
+	resp, b = do(t, req)
+	wantJSONError(t, resp, b, 400, "error decompressing request body")
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("left behind: %v", ents)
+	}
 }

@@ -20,7 +20,9 @@ type clientFunc[C any] func(ctx context.Context, stale grpc.ClientConnInterface)
 // replacement is on its way). Only such calls are safe to send again.
 func undelivered(err error) bool {
 	st, ok := status.FromError(err)
-	return ok && st.Code() == codes.Unavailable && strings.Contains(st.Message(), "error while dialing")
+	// grpc-go spells it "Error while dialing" or "error while dialing"
+	// depending on the dial options.
+	return ok && st.Code() == codes.Unavailable && strings.Contains(strings.ToLower(st.Message()), "error while dialing")
 }
 
 func unary[C, Req, Res any](ctx context.Context, plugin string, get clientFunc[C], req *Req,

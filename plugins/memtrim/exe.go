@@ -2,6 +2,7 @@ package memtrim
 
 import (
 	"bufio"
+	"debug/elf"
 	"fmt"
 	"os"
 	"strconv"
@@ -22,6 +23,12 @@ func ShrinkExecutableMappings() error {
 	if err := unix.Stat("/proc/self/exe", &exe); err != nil {
 		return fmt.Errorf("stat /proc/self/exe: %w", err)
 	}
+	// Only a fixed-address executable has read-only mappings that are pure
+	// file pages: a position-independent one's relocated (RELRO) pages are
+	// private copies that MADV_DONTNEED would revert to the file.
+	if fixed, err := isFixedAddressELF("/proc/self/exe"); err != nil || !fixed {
+		return err
+	}
 	f, err := os.Open("/proc/self/maps")
 	if err != nil {
 		return err
@@ -35,7 +42,7 @@ func ShrinkExecutableMappings() error {
 			continue
 		}
 		ino, err := strconv.ParseUint(fields[4], 10, 64)
-		if err != nil || ino != exe.Ino {
+		if err != nil || ino != exe.Ino || !sameDevice(fields[3], exe.Dev) {
 			continue
 		}
 		lo, hi, ok := strings.Cut(fields[0], "-")
@@ -54,4 +61,25 @@ func ShrinkExecutableMappings() error {
 		}
 	}
 	return sc.Err()
+}
+
+// sameDevice compares a maps "major:minor" field (hex) with a stat device.
+func sameDevice(field string, dev uint64) bool {
+	maj, min, ok := strings.Cut(field, ":")
+	if !ok {
+		return false
+	}
+	ma, err1 := strconv.ParseUint(maj, 16, 32)
+	mi, err2 := strconv.ParseUint(min, 16, 32)
+	return err1 == nil && err2 == nil && uint32(ma) == unix.Major(dev) && uint32(mi) == unix.Minor(dev)
+}
+
+// isFixedAddressELF reports whether path is an ELF ET_EXEC file.
+func isFixedAddressELF(path string) (bool, error) {
+	f, err := elf.Open(path)
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", path, err)
+	}
+	defer f.Close()
+	return f.Type == elf.ET_EXEC, nil
 }

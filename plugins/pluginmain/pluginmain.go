@@ -153,7 +153,9 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem) int {
 	trim := memtrim.New(trimIdle)
 	go trim.Run(context.Background())
 	if h := sub.HTTPHandler(); h != nil {
-		dir, err := os.MkdirTemp("", name+"-http-")
+		// Next to our go-plugin socket, in envd-init's private run directory
+		// (never /tmp, which sandbox users clean).
+		dir, err := os.MkdirTemp(os.Getenv(plugin.EnvUnixSocketDir), name+"-http-")
 		if err != nil {
 			log.Error("http socket dir", zap.Error(err))
 			return 1
