@@ -2,6 +2,7 @@ package frontdoor
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/http"
 	"time"
@@ -68,6 +69,14 @@ func (h *handoffRoute) handOff(w http.ResponseWriter, r *http.Request) bool {
 	msg, err := handoff.Encode(w.Header(), append(head, buffered...))
 	if err == nil {
 		err = sender.Send(tcp, msg)
+	}
+	if errors.Is(err, handoff.ErrUnacknowledged) {
+		// The plugin may hold the connection now: answering here could
+		// make a second response. End the socket itself, for both holders.
+		h.log.Warn("connection handoff not acknowledged", zap.String("path", r.URL.Path), zap.Error(err))
+		_ = tcp.CloseRead()
+		_ = tcp.CloseWrite()
+		return true
 	}
 	if err != nil {
 		h.log.Warn("connection handoff failed", zap.String("path", r.URL.Path), zap.Error(err))

@@ -36,6 +36,11 @@ const sendTimeout = 5 * time.Second
 // MaxMessage bounds one handoff message (seqpacket keeps it whole).
 const MaxMessage = 64 << 10
 
+// ErrUnacknowledged means the connection was sent but the receiver did
+// not confirm taking it: it may still serve it, so the sender must not
+// answer on it (shut it down instead).
+var ErrUnacknowledged = errors.New("handoff: sent but not acknowledged")
+
 // ErrTooLarge means the request head does not fit one message; the caller
 // should serve the request another way.
 var ErrTooLarge = errors.New("handoff: request head too large")
@@ -130,7 +135,7 @@ func (s *Sender) Send(conn *net.TCPConn, msg []byte) error {
 	// still answer the client.
 	var ack [1]byte
 	if _, err := s.c.Read(ack[:]); err != nil {
-		return fmt.Errorf("handoff: no acknowledgement: %w", err)
+		return fmt.Errorf("%w: %w", ErrUnacknowledged, err)
 	}
 	return nil
 }

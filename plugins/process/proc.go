@@ -164,7 +164,14 @@ func (p *proc) pump(wg *sync.WaitGroup, f *os.File, size int, wrap func([]byte) 
 	bp := chunkPool.Get().(*[]byte)
 	defer chunkPool.Put(bp)
 	buf := (*bp)[:size]
+	// Pipe output waits while every subscriber is full: the process then
+	// blocks on a full pipe instead of losing output, as the reference
+	// does; a terminal drops output for a lagging subscriber instead.
+	pause := !p.isPTY()
 	for {
+		if pause {
+			p.hub.WaitRoom(size, p.stopOut)
+		}
 		n, err := f.Read(buf)
 		if n > 0 && p.hub.HasSubscribers() {
 			p.hub.Publish(wrap(bytes.Clone(buf[:n])))

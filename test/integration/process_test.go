@@ -553,3 +553,34 @@ func TestKeepaliveAcrossTheHop(t *testing.T) {
 		}
 	})
 }
+
+// A lone client that reads slower than the process writes loses nothing:
+// the process waits on its pipe (as with the reference) instead of the
+// stream being cut off.
+func TestSlowReaderGetsAllOutput(t *testing.T) {
+	e := envdtest.Start(t)
+	cl := processconnect.NewProcessClient(http.DefaultClient, e.URL)
+	ctx := envdtest.Ctx(t, 60*time.Second)
+	const size = 24 << 20
+	stream, err := cl.Start(ctx, connect.NewRequest(&procpb.StartRequest{Process: sh(fmt.Sprintf("head -c %d /dev/zero", size))}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	got, msgs := 0, 0
+	var end *procpb.ProcessEvent_EndEvent
+	for stream.Receive() {
+		ev := stream.Msg().GetEvent()
+		got += len(ev.GetData().GetStdout())
+		if e := ev.GetEnd(); e != nil {
+			end = e
+		}
+		// Stall long enough for every buffer on the way to fill.
+		if msgs++; msgs < 40 {
+			time.Sleep(25 * time.Millisecond)
+		}
+	}
+	if err := stream.Err(); err != nil || got != size || end.GetExitCode() != 0 {
+		t.Fatalf("got %d of %d bytes, end %v, err %v", got, size, end, err)
+	}
+}

@@ -1,5 +1,6 @@
 // Package fanout copies a stream of chunks to any number of subscribers
-// without ever letting a slow subscriber block the producer
+// without ever letting a slow subscriber block the producer while another
+// can still take chunks
 // (ARCHITECTURE principle 6): each subscriber has a queue bounded in bytes
 // (each chunk also costs a fixed overhead, so a flood of tiny chunks is
 // bounded too), and Publish never waits on it. A chunk that can be merged
@@ -53,6 +54,9 @@ type Hub[T any] struct {
 	subs   map[*Sub[T]]struct{}
 	closed bool
 	nsubs  atomic.Int32
+	// room is signalled when a queue shrinks or a subscriber leaves, for
+	// a producer waiting in WaitRoom.
+	room chan struct{}
 }
 
 // Sub is one subscriber. Next yields every chunk published after Subscribe
@@ -76,7 +80,7 @@ type Sub[T any] struct {
 // chunk is offered to every subscriber.
 func New[T any](policy Policy, limits Limits, size func(T) int, merge func(last, v T) (T, bool)) *Hub[T] {
 	limits.Bytes = max(limits.Bytes, 1)
-	return &Hub[T]{policy: policy, limits: limits, size: size, merge: merge, subs: map[*Sub[T]]struct{}{}}
+	return &Hub[T]{policy: policy, limits: limits, size: size, merge: merge, subs: map[*Sub[T]]struct{}{}, room: make(chan struct{}, 1)}
 }
 
 // Ready is signalled when Next may return something new.
@@ -98,6 +102,7 @@ func (s *Sub[T]) Next() (v T, ok, done bool) {
 		s.q = nil // let the backing array go
 	}
 	s.cost -= s.hub.size(v) + s.hub.limits.Overhead
+	s.hub.signalRoom()
 	return v, true, false
 }
 
@@ -145,6 +150,51 @@ func (h *Hub[T]) Unsubscribe(s *Sub[T]) {
 	defer h.mu.Unlock()
 	delete(h.subs, s)
 	h.nsubs.Store(int32(len(h.subs)))
+	h.signalRoom()
+}
+
+func (h *Hub[T]) signalRoom() {
+	select {
+	case h.room <- struct{}{}:
+	default:
+	}
+}
+
+// WaitRoom blocks while every subscriber's queue is too full to take a
+// chunk of up to size bytes, and returns once one of them drains, leaves, the hub
+// closes or stop closes. A producer that can pause (a pipe: the kernel
+// then holds the writer back) calls it before reading more, so a lone slow
+// reader loses nothing, while one slow reader among fast ones is still
+// cut off by Publish and never holds the others back.
+func (h *Hub[T]) WaitRoom(size int, stop <-chan struct{}) {
+	need := size + h.limits.Overhead
+	for {
+		if h.hasRoom(need) {
+			return
+		}
+		select {
+		case <-h.room:
+		case <-stop:
+			return
+		}
+	}
+}
+
+func (h *Hub[T]) hasRoom(need int) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed || len(h.subs) == 0 {
+		return true
+	}
+	for s := range h.subs {
+		s.mu.Lock()
+		ok := len(s.q) == 0 || s.cost+need <= h.limits.Bytes
+		s.mu.Unlock()
+		if ok {
+			return true
+		}
+	}
+	return false
 }
 
 // HasSubscribers lets a producer skip preparing a chunk nobody will see.
@@ -209,6 +259,7 @@ func (h *Hub[T]) Close() {
 		return
 	}
 	h.closed = true
+	h.signalRoom()
 	for s := range h.subs {
 		s.mu.Lock()
 		s.closed = true

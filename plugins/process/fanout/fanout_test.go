@@ -260,3 +260,42 @@ func TestOverheadBoundsTinyChunks(t *testing.T) {
 		t.Fatal("tiny chunks were not bounded by their overhead")
 	}
 }
+
+// A producer that waits for room loses nothing to a lone slow subscriber,
+// and is not held back by a slow one while a fast one keeps up.
+func TestWaitRoom(t *testing.T) {
+	size := func(b []byte) int { return len(b) }
+	h := New[[]byte](DropSubscriber, Limits{Bytes: 100, Overhead: 10}, size, nil)
+	s := h.Subscribe()
+	h.Publish(make([]byte, 50))
+	h.Publish(make([]byte, 30))
+	waited := make(chan struct{})
+	go func() {
+		h.WaitRoom(50, nil)
+		close(waited)
+	}()
+	select {
+	case <-waited:
+		t.Fatal("WaitRoom returned while the only subscriber was full")
+	case <-time.After(50 * time.Millisecond):
+	}
+	next(s) // drains 60: room for another 50
+	select {
+	case <-waited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("WaitRoom did not return after the subscriber drained")
+	}
+	// A second subscriber with room means no waiting.
+	h.Publish(make([]byte, 50))
+	fast := h.Subscribe()
+	h.WaitRoom(50, nil)
+	_ = fast
+	// stop ends a wait.
+	h.Unsubscribe(fast)
+	stop := make(chan struct{}) // s is full again: only stop ends the wait
+	close(stop)
+	h.WaitRoom(50, stop)
+	if s.Lagged() {
+		t.Fatal("the lone subscriber was cut off")
+	}
+}
