@@ -131,6 +131,8 @@ func benchUploadOver(b *testing.B, multipartBody, unixSocket bool) {
 	sf.Close()
 	b.SetBytes(benchSize)
 	b.ReportAllocs()
+	cpu0 := cpuTime()
+	defer func() { b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N)/1e6, "cpu-ms/op") }()
 	for b.Loop() {
 		in, err := os.Open(src)
 		if err != nil {
