@@ -1,32 +1,18 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 
 	"github.com/envd-project/envd/test/envdtest"
 )
 
 // vmHWMKiB is the peak resident set of pid.
 func vmHWMKiB(pid int) (int, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			return strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-		}
-	}
-	return 0, fmt.Errorf("no VmHWM for %d", pid)
+	return procKiB(fmt.Sprintf("/proc/%d/status", pid), "VmHWM")
 }
 
 // pattern is an endless reader of non-zero bytes (no file needed for 1 GiB).

@@ -17,10 +17,9 @@ import (
 	"github.com/envd-project/envd/test/envdtest"
 )
 
-// pssKiB reads the proportional set size of pid: shared executable pages
-// count once across the tree, as the kernel charges them.
-func pssKiB(pid int) (int, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+// procKiB reads a "Key:   N kB" line of a /proc file.
+func procKiB(path, key string) (int, error) {
+	f, err := os.Open(path)
 	if err != nil {
 		return 0, err
 	}
@@ -28,11 +27,17 @@ func pssKiB(pid int) (int, error) {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
-		if len(fields) >= 2 && fields[0] == "Pss:" {
+		if len(fields) >= 2 && fields[0] == key+":" {
 			return strconv.Atoi(fields[1])
 		}
 	}
-	return 0, fmt.Errorf("no Pss in smaps_rollup of %d", pid)
+	return 0, fmt.Errorf("no %s in %s", key, path)
+}
+
+// pssKiB reads the proportional set size of pid: shared executable pages
+// count once across the tree, as the kernel charges them.
+func pssKiB(pid int) (int, error) {
+	return procKiB(fmt.Sprintf("/proc/%d/smaps_rollup", pid), "Pss")
 }
 
 func benchMemory() error {
