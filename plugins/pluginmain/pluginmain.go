@@ -107,13 +107,19 @@ func Main(spec Spec, args []string) int {
 	return servePlugin(log, spec.Name, sub)
 }
 
-func serveStandalone(log *zap.Logger, sub Subsystem, addr string, port int) int {
+// publicMux serves the plugin's public API: its Connect services and its
+// plain HTTP routes.
+func publicMux(sub Subsystem) *http.ServeMux {
 	mux := http.NewServeMux()
 	sub.Mount(mux, connectadapter.HandlerOptions(users.Default)...)
 	if h := sub.HTTPHandler(); h != nil {
 		mux.Handle("/", h)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 640 * time.Second}
+	return mux
+}
+
+func serveStandalone(log *zap.Logger, sub Subsystem, addr string, port int) int {
+	srv := &http.Server{Handler: publicMux(sub), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 640 * time.Second}
 	srv.Protocols = new(http.Protocols)
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetUnencryptedHTTP2(true)
@@ -177,8 +183,11 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem) int {
 			log.Error("handoff socket", zap.Error(err))
 			return 1
 		}
+		// Handed-over connections carry /files, or a call that is big
+		// enough to be worth its own connection (ListDir): the same public
+		// handlers a standalone plugin serves.
 		hsrv := &http.Server{
-			Handler: handoff.Serve(trim.Middleware(h)), ConnContext: handoff.ConnContext,
+			Handler: handoff.Serve(trim.Middleware(publicMux(sub))), ConnContext: handoff.ConnContext,
 			ReadHeaderTimeout: 30 * time.Second, ErrorLog: zap.NewStdLog(log),
 		}
 		go func() { _ = hsrv.Serve(hln) }()
