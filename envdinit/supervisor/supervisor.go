@@ -225,11 +225,20 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.opts.StartTimeout)
 	defer cancel()
 	cfg := s.store.Config()
-	if _, err := inst.control.Configure(ctx, cfg); err != nil {
-		return fail(fmt.Errorf("configure %s: %w", m.spec.Name, err))
+	// Both at once: one round trip less before the plugin serves.
+	healthErr := make(chan error, 1)
+	go func() {
+		var err error
+		inst.health, err = inst.control.Health(ctx, &controlpb.HealthRequest{})
+		healthErr <- err
+	}()
+	_, cerr := inst.control.Configure(ctx, cfg)
+	herr := <-healthErr
+	if cerr != nil {
+		return fail(fmt.Errorf("configure %s: %w", m.spec.Name, cerr))
 	}
-	if inst.health, err = inst.control.Health(ctx, &controlpb.HealthRequest{}); err != nil {
-		return fail(fmt.Errorf("health of %s: %w", m.spec.Name, err))
+	if herr != nil {
+		return fail(fmt.Errorf("health of %s: %w", m.spec.Name, herr))
 	}
 	m.setUp(inst)
 	// A change that landed between reading the config and going up was
