@@ -36,7 +36,9 @@ vet:
 test: build vet test-go test-conformance
 
 test-go:
-	ENVD_BUNDLE=$(CURDIR)/$(BIN) $(GO) test -race -timeout 8m ./...
+	# -count=1: the tests drive real processes and a built bundle, which the
+	# test cache cannot see change.
+	ENVD_BUNDLE=$(CURDIR)/$(BIN) $(GO) test -race -count=1 -timeout 8m ./...
 
 # The SDK against both flavors (their /health and env var names differ).
 test-conformance: build
