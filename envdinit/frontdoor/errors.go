@@ -3,31 +3,22 @@ package frontdoor
 import (
 	"encoding/json"
 	"net/http"
-	"strconv"
+
+	"connectrpc.com/connect"
 )
 
-type connectErrorJSON struct {
-	Code    string `json:"code"`
-	Message string `json:"message,omitempty"`
-}
-
-func (e *connectErrorJSON) marshal() ([]byte, error) { return json.Marshal(e) }
-
-// writeJSONError writes the reference's REST error shape (WIRE.md §7.0).
-func writeJSONError(w http.ResponseWriter, status int, msg string) {
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
+// writeConnectError answers a REST request the way the reference's authn
+// middleware does: a Connect error JSON body.
+func writeConnectError(w http.ResponseWriter, ce *connect.Error) {
+	status := http.StatusInternalServerError
+	if ce.Code() == connect.CodeUnauthenticated {
+		status = http.StatusUnauthorized
+	}
+	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	b, _ := json.Marshal(struct {
-		Code    int    `json:"code"`
-		Message string `json:"message"`
-	}{status, msg})
-	_, _ = w.Write(append(b, '\n'))
+	body, _ := json.Marshal(struct {
+		Code    string `json:"code"`
+		Message string `json:"message,omitempty"`
+	}{ce.Code().String(), ce.Message()})
+	_, _ = w.Write(body)
 }
-
-func jsonEscape(s string) string {
-	b, _ := json.Marshal(s)
-	return string(b[1 : len(b)-1])
-}
-
-func itoa(n int) string { return strconv.Itoa(n) }

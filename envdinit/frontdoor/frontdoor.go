@@ -24,6 +24,7 @@ import (
 	"github.com/envd-project/envd/plugins/contract"
 	"github.com/envd-project/envd/plugins/grpcadapter"
 	"github.com/envd-project/envd/plugins/memtrim"
+	"github.com/envd-project/envd/plugins/resterr"
 	"github.com/rs/cors"
 	"go.uber.org/zap"
 )
@@ -133,17 +134,6 @@ func restIdentity(db connectadapter.UserDB, next http.Handler) http.Handler {
 	})
 }
 
-func writeConnectError(w http.ResponseWriter, ce *connect.Error) {
-	status := http.StatusInternalServerError
-	if ce.Code() == connect.CodeUnauthenticated {
-		status = http.StatusUnauthorized
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	body, _ := (&connectErrorJSON{Code: ce.Code().String(), Message: ce.Message()}).marshal()
-	_, _ = w.Write(body)
-}
-
 func (s *Server) track(c net.Conn, st http.ConnState) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -232,7 +222,7 @@ func newFilesProxy(log *zap.Logger, socket func(ctx context.Context) (string, er
 			if !errors.Is(err, context.Canceled) {
 				log.Warn("files proxy", zap.String("path", r.URL.Path), zap.Error(err))
 			}
-			writeJSONError(w, status, msg)
+			resterr.Write(w, status, msg)
 		},
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/envd-project/envd/plugins/handoff"
+	"github.com/envd-project/envd/plugins/resterr"
 	"go.uber.org/zap"
 )
 
@@ -88,7 +89,5 @@ func (h *handoffRoute) handOff(w http.ResponseWriter, r *http.Request) bool {
 // fail answers a request whose connection was taken but not handed over.
 func (h *handoffRoute) fail(conn net.Conn, msg string) {
 	_ = conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	body := `{"code":503,"message":"request could not be passed on: ` + jsonEscape(msg) + `"}` + "\n"
-	_, _ = conn.Write([]byte("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\nContent-Length: " +
-		itoa(len(body)) + "\r\n\r\n" + body))
+	_, _ = conn.Write(resterr.Response(http.StatusServiceUnavailable, "request could not be passed on: "+msg))
 }

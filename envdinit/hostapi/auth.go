@@ -4,7 +4,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
-	"encoding/json"
+	"github.com/envd-project/envd/plugins/resterr"
 	"net/http"
 	"strconv"
 
@@ -47,7 +47,7 @@ func (a *API) TokenGate(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		jsonError(w, http.StatusUnauthorized, msgUnauthorized)
+		resterr.Write(w, http.StatusUnauthorized, msgUnauthorized)
 	})
 }
 
@@ -86,7 +86,7 @@ func (a *API) FilesAuth(next http.Handler) http.Handler {
 		}
 		if h := r.Header.Get(headerAccessToken); h != "" {
 			if !tokenEqual(h, token) {
-				jsonError(w, http.StatusUnauthorized, msgHeaderMismatch)
+				resterr.Write(w, http.StatusUnauthorized, msgHeaderMismatch)
 				return
 			}
 			next.ServeHTTP(w, r)
@@ -94,17 +94,17 @@ func (a *API) FilesAuth(next http.Handler) http.Handler {
 		}
 		sig := q.Get("signature")
 		if sig == "" {
-			jsonError(w, http.StatusUnauthorized, msgMissingSig)
+			resterr.Write(w, http.StatusUnauthorized, msgMissingSig)
 			return
 		}
 		want := Sign(q.Get("path"), op, q.Get("username"), token, expiration)
 		if subtle.ConstantTimeCompare([]byte(sig), []byte(want)) != 1 {
-			jsonError(w, http.StatusUnauthorized, msgInvalidSig)
+			resterr.Write(w, http.StatusUnauthorized, msgInvalidSig)
 			return
 		}
 		// Equal is still valid; 0 and negative values are always in the past.
 		if expiration != nil && *expiration < a.opts.Now().Unix() {
-			jsonError(w, http.StatusUnauthorized, msgExpiredSig)
+			resterr.Write(w, http.StatusUnauthorized, msgExpiredSig)
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -127,17 +127,4 @@ func tokenEqual(got, want string) bool {
 		return false
 	}
 	return subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
-}
-
-// jsonError writes the REST error shape of §7.0.
-func jsonError(w http.ResponseWriter, status int, msg string) {
-	body, _ := json.Marshal(struct {
-		Code    int    `json:"code"`
-		Message string `json:"message"`
-	}{status, msg})
-	h := w.Header()
-	h.Set("Content-Type", "application/json; charset=utf-8")
-	h.Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	_, _ = w.Write(append(body, '\n'))
 }

@@ -82,11 +82,9 @@ type managed struct {
 	spec Spec
 	log  *zap.Logger
 
-	mu       sync.Mutex
-	up       *instance     // nil while down
-	ready    chan struct{} // closed when up becomes non-nil
-	starts   int
-	stopping bool
+	mu    sync.Mutex
+	up    *instance     // nil while down
+	ready chan struct{} // closed when up becomes non-nil
 }
 
 // instance is one running plugin process.
@@ -253,7 +251,6 @@ func (m *managed) setUp(inst *instance) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.up = inst
-	m.starts++
 	close(m.ready)
 }
 
@@ -381,14 +378,6 @@ func (s *Supervisor) Pid(name string) int {
 		}
 	}
 	return 0
-}
-
-// Starts returns how many times the plugin has come up.
-func (s *Supervisor) Starts(name string) int {
-	m := s.plugins[name]
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.starts
 }
 
 // Ready waits until every plugin is up or ctx ends.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/envd-project/envd/plugins/resterr"
 	"io"
 	"io/fs"
 	"mime"
@@ -71,18 +72,7 @@ func (h *FilesHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // jsonError writes the REST error shape of WIRE §7.0.
-func jsonError(w http.ResponseWriter, code int, msg string) {
-	hdr := w.Header()
-	hdr.Del("Content-Length")
-	hdr.Del("Content-Encoding")
-	hdr.Set("Content-Type", "application/json; charset=utf-8")
-	hdr.Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(struct {
-		Code    int    `json:"code"`
-		Message string `json:"message"`
-	}{code, msg})
-}
+func jsonError(w http.ResponseWriter, code int, msg string) { resterr.Write(w, code, msg) }
 
 // httpError is a failure with the status it is answered with.
 type httpError struct {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"fmt"
@@ -130,7 +129,6 @@ func do(req *http.Request) error {
 	}
 	return nil
 }
-
 
 func benchFiles() error {
 	e, err := envdtest.StartE()
@@ -286,6 +284,5 @@ func benchFiles() error {
 	}
 	wm := median(lat)
 	add("file write to watch event at the client (p50 of 50)", wm.Round(10*time.Microsecond).String(), "< 20ms", check(wm < 20*time.Millisecond))
-	_ = bytes.MinRead
 	return nil
 }
