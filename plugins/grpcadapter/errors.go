@@ -52,7 +52,7 @@ func fromStatus(plugin string, err error) error {
 		}
 		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s: %w", plugin, err))
 	}
-	if st.Code() == codes.Unavailable {
+	if st.Code() == codes.Unavailable || connClosing(err) {
 		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("plugin %s is unavailable: %s", plugin, st.Message()))
 	}
 	return connect.NewError(connect.Code(st.Code()), errors.New(st.Message()))

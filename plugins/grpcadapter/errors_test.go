@@ -37,6 +37,16 @@ func TestTransportFailureNamesThePlugin(t *testing.T) {
 	if undelivered(status.Error(codes.Unavailable, "error reading from server: EOF")) {
 		t.Fatal("a read failure may have been delivered")
 	}
+	closing := status.Error(codes.Canceled, "grpc: the client connection is closing")
+	if !undelivered(closing) || dialFailed(closing) {
+		t.Fatal("a call refused by a closed ClientConn is undelivered, but only before its stream exists")
+	}
+	if undelivered(status.Error(codes.Canceled, "context canceled")) {
+		t.Fatal("a cancelled call may have been delivered")
+	}
+	if err := fromStatus("envd-proc", closing); connect.CodeOf(err) != connect.CodeUnavailable || !errorsContains(err, "envd-proc") {
+		t.Fatalf("closing client: %v", err)
+	}
 	if got := toStatus(context.Canceled); status.Code(got) != codes.Canceled {
 		t.Fatalf("canceled: %v", got)
 	}

@@ -16,13 +16,31 @@ import (
 type clientFunc[C any] func(ctx context.Context, stale grpc.ClientConnInterface) (C, grpc.ClientConnInterface, error)
 
 // undelivered reports whether err means the call never reached the plugin:
-// the connection could not even be dialled (the plugin died and its
+// the connection could not even be dialled, or the supervisor closed the
+// client of a dead plugin between our picking it and the call starting (the
 // replacement is on its way). Only such calls are safe to send again.
 func undelivered(err error) bool {
+	return connClosing(err) || dialFailed(err)
+}
+
+// dialFailed is the one failure a stream may report on its first Recv that
+// still proves the plugin never saw the call. (A stream already open when its
+// ClientConn closes also gets the "closing" error, so that one counts only
+// before the stream exists.)
+func dialFailed(err error) bool {
 	st, ok := status.FromError(err)
 	// grpc-go spells it "Error while dialing" or "error while dialing"
 	// depending on the dial options.
 	return ok && st.Code() == codes.Unavailable && strings.Contains(strings.ToLower(st.Message()), "error while dialing")
+}
+
+var grpcClosingMsg = status.Convert(grpc.ErrClientConnClosing).Message() //nolint:staticcheck // the exact error is what we must recognise
+
+// connClosing is grpc-go's refusal to start a call on a closed ClientConn.
+// It is returned before any stream exists, so the plugin never saw the call.
+func connClosing(err error) bool {
+	st, ok := status.FromError(err)
+	return ok && st.Code() == codes.Canceled && st.Message() == grpcClosingMsg
 }
 
 func unary[C, Req, Res any](ctx context.Context, plugin string, get clientFunc[C], req *Req,
@@ -70,7 +88,7 @@ func serverStream[C, Req, Res any](ctx context.Context, plugin string, get clien
 				return nil
 			}
 			if err != nil {
-				if !received && attempt == 0 && undelivered(err) {
+				if !received && attempt == 0 && dialFailed(err) {
 					stale = conn
 					break
 				}
