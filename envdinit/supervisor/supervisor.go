@@ -85,7 +85,13 @@ type managed struct {
 	mu    sync.Mutex
 	up    *instance     // nil while down
 	ready chan struct{} // closed when up becomes non-nil
+
+	wantOnce sync.Once
+	wanted   chan struct{} // closed when a caller needs the plugin
 }
+
+// want marks the plugin as needed now, which ends its wait to be started.
+func (m *managed) want() { m.wantOnce.Do(func() { close(m.wanted) }) }
 
 // instance is one running plugin process.
 type instance struct {
@@ -101,37 +107,60 @@ func New(log *zap.Logger, r *reaper.Reaper, store *state.Store, specs []Spec, op
 	opts.setDefaults()
 	s := &Supervisor{log: log, reaper: r, store: store, opts: opts, plugins: map[string]*managed{}, stopped: make(chan struct{})}
 	for _, sp := range specs {
-		s.plugins[sp.Name] = &managed{spec: sp, log: log.With(zap.String("plugin", sp.Name)), ready: make(chan struct{})}
+		s.plugins[sp.Name] = &managed{spec: sp, log: log.With(zap.String("plugin", sp.Name)), ready: make(chan struct{}), wanted: make(chan struct{})}
 		s.order = append(s.order, sp.Name)
 	}
 	store.Subscribe(s.push)
 	return s
 }
 
-// firstHeadStart is how long the first plugin (envd-proc: a sandbox's first
-// call is a command) runs alone before the others start: on two vCPUs
-// three plugins starting at once share the CPU and all come up late.
-const firstHeadStart = 100 * time.Millisecond
+// The first plugin (envd-proc: a sandbox's first call is a command) starts
+// alone. On two vCPUs, plugins that start next to it, or next to its first
+// command, share the CPU with them: measured, starting the others at once
+// made the first Start ~8 ms later. So the others wait until the first has
+// been up for othersAfter (or until firstHeadStart if it is slow to come up),
+// unless a call needs one of them sooner.
+const (
+	firstHeadStart = 100 * time.Millisecond
+	othersAfter    = 50 * time.Millisecond
+)
 
-// Start launches the plugins, the first one alone until it is up (or for
-// firstHeadStart), and keeps them running until Stop.
+// Start launches the plugins in order (see othersAfter) and keeps them
+// running until Stop.
 func (s *Supervisor) Start() {
 	for i, name := range s.order {
 		m := s.plugins[name]
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			if i > 0 {
-				_, ready := s.plugins[s.order[0]].current()
-				select {
-				case <-ready:
-				case <-time.After(firstHeadStart):
-				case <-s.stopped:
-					return
-				}
+			if i > 0 && !s.holdBack(m) {
+				return
 			}
 			s.keep(m)
 		}()
+	}
+}
+
+// holdBack waits until m may start; false means the supervisor stopped.
+func (s *Supervisor) holdBack(m *managed) bool {
+	_, firstUp := s.plugins[s.order[0]].current()
+	slow := time.NewTimer(firstHeadStart)
+	defer slow.Stop()
+	var grace <-chan time.Time
+	for {
+		select {
+		case <-firstUp:
+			firstUp = nil
+			slow.Stop()
+			grace = time.After(othersAfter)
+			continue
+		case <-slow.C:
+		case <-grace:
+		case <-m.wanted:
+		case <-s.stopped:
+			return false
+		}
+		return true
 	}
 }
 
@@ -301,7 +330,9 @@ func (s *Supervisor) wait(ctx context.Context, name string, stale grpc.ClientCon
 	for {
 		inst, ready := m.current()
 		var wake <-chan struct{} = ready
-		if inst != nil {
+		if inst == nil {
+			m.want()
+		} else {
 			if stale == nil || grpc.ClientConnInterface(inst.conn) != stale {
 				return inst, nil
 			}
@@ -382,6 +413,9 @@ func (s *Supervisor) Pid(name string) int {
 
 // Ready waits until every plugin is up or ctx ends.
 func (s *Supervisor) Ready(ctx context.Context) error {
+	for _, name := range s.order {
+		s.plugins[name].want()
+	}
 	for _, name := range s.order {
 		_, ready := s.plugins[name].current()
 		select {
