@@ -17,6 +17,7 @@ import (
 
 	"github.com/envd-project/envd/envdinit/frontdoor"
 	"github.com/envd-project/envd/envdinit/hostapi"
+	"github.com/envd-project/envd/envdinit/logexport"
 	"github.com/envd-project/envd/envdinit/metrics"
 	"github.com/envd-project/envd/envdinit/mmds"
 	"github.com/envd-project/envd/envdinit/oom"
@@ -31,6 +32,7 @@ import (
 	"github.com/envd-project/envd/plugins/logging"
 	"github.com/envd-project/envd/plugins/users"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // Build-time identity, set with -ldflags -X.
@@ -58,9 +60,17 @@ func Main(args []string) int {
 	if done {
 		return code
 	}
-	log := logging.New(cfg.Verbose).Named("envd-init")
+	// Inside Firecracker the host collects our log lines (WIRE §9.10);
+	// where to is known once MMDS answers.
+	var export *logexport.Exporter
+	var also []zapcore.WriteSyncer
+	if !cfg.IsNotFC {
+		export = logexport.New(os.Stderr)
+		also = append(also, export)
+	}
+	log := logging.New(cfg.Verbose, also...).Named("envd-init")
 	defer func() { _ = log.Sync() }()
-	if err := run(cfg, log); err != nil {
+	if err := run(cfg, log, export); err != nil {
 		log.Error("envd-init failed", zap.Error(err))
 		return 1
 	}
@@ -134,7 +144,7 @@ func pluginSpecs(cfg Config, cg cgroups.Manager) ([]supervisor.Spec, error) {
 	return specs, nil
 }
 
-func run(cfg Config, log *zap.Logger) error {
+func run(cfg Config, log *zap.Logger, export *logexport.Exporter) error {
 	if err := reaper.MakeSubreaper(); err != nil {
 		return err
 	}
@@ -172,13 +182,20 @@ func run(cfg Config, log *zap.Logger) error {
 	sampler := metrics.NewSampler(log.Named("metrics"), time.Second, metrics.WithMemCache(cfg.Flavor == state.FlavorE2B))
 	go sampler.Run(ctx)
 	var mmdsClient *mmds.Client
+	var onMMDS func(*mmds.Metadata)
 	if !cfg.IsNotFC {
 		mmdsClient = mmds.NewClient(cfg.MMDSAddr, log.Named("mmds"), mmds.WithRunner(rp.Output))
+	}
+	if export != nil {
+		go export.Run(ctx)
+		onMMDS = func(md *mmds.Metadata) {
+			export.SetTarget(logexport.Target{Address: md.Address, InstanceID: md.InstanceID, EnvID: md.EnvID})
+		}
 	}
 	var door *frontdoor.Server
 	host := hostapi.New(hostapi.Options{
 		Log: log.Named("hostapi"), Store: store, Plugins: sup, Version: Version, Commit: Commit,
-		IsNotFC: cfg.IsNotFC, MMDS: mmdsClient, Metrics: sampler,
+		IsNotFC: cfg.IsNotFC, MMDS: mmdsClient, OnMMDS: onMMDS, Metrics: sampler,
 		ResetConns: func() { door.CloseIdle() },
 		Run:        rp.Output,
 	})

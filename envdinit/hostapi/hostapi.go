@@ -39,7 +39,10 @@ type Options struct {
 	Commit  string
 	IsNotFC bool
 	// MMDS is nil with --isnotfc.
-	MMDS    *mmds.Client
+	MMDS *mmds.Client
+	// OnMMDS, if set, gets each metadata MMDS serves (the log export
+	// learns its collector from it).
+	OnMMDS  func(*mmds.Metadata)
 	Metrics *metrics.Sampler
 	// ResetConns closes the front door's idle keep-alive connections
 	// (prepare) and the connections left from before the snapshot (recovery).
@@ -211,8 +214,12 @@ func (a *API) startPoll(timeout time.Duration) {
 	a.pollCancel = cancel
 	a.goBG(func(context.Context) {
 		defer cancel()
-		if _, err := a.opts.MMDS.Refresh(ctx, a.store, a.opts.RunDir); err != nil && ctx.Err() == nil {
+		md, err := a.opts.MMDS.Refresh(ctx, a.store, a.opts.RunDir)
+		if err != nil && ctx.Err() == nil {
 			a.log.Error("mmds identity not published", zap.Error(err))
+		}
+		if md != nil && a.opts.OnMMDS != nil {
+			a.opts.OnMMDS(md)
 		}
 	})
 }

@@ -419,3 +419,24 @@ func FuzzInitBody(f *testing.F) {
 		}
 	})
 }
+
+func TestMMDSMetadataReachesOnMMDS(t *testing.T) {
+	var mu sync.Mutex
+	hash := ""
+	client := fakeMMDS(t, &hash, &mu)
+	got := make(chan *mmds.Metadata, 1)
+	e := newEnv(t, state.FlavorE2B, func(o *Options) {
+		o.IsNotFC = false
+		o.MMDS = client
+		o.OnMMDS = func(md *mmds.Metadata) { got <- md }
+	})
+	e.api.Start(t.Context())
+	select {
+	case md := <-got:
+		if md.InstanceID != "sbx-7" || md.EnvID != "tpl-7" {
+			t.Fatalf("metadata %+v", md)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("OnMMDS never called")
+	}
+}

@@ -10,8 +10,9 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
-// New returns a JSON logger on stderr; verbose enables debug level.
-func New(verbose bool) *zap.Logger {
+// New returns a JSON logger on stderr, and on each of also (envd-init's
+// log export); verbose enables debug level.
+func New(verbose bool, also ...zapcore.WriteSyncer) *zap.Logger {
 	level := zapcore.InfoLevel
 	if verbose {
 		level = zapcore.DebugLevel
@@ -20,5 +21,8 @@ func New(verbose bool) *zap.Logger {
 	enc.TimeKey = "timestamp"
 	enc.EncodeTime = zapcore.RFC3339NanoTimeEncoder
 	core := zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.Lock(os.Stderr), level)
+	for _, w := range also {
+		core = zapcore.NewTee(core, zapcore.NewCore(zapcore.NewJSONEncoder(enc), w, level))
+	}
 	return zap.New(core, zap.AddCaller())
 }
