@@ -38,12 +38,17 @@ func (h *handoffRoute) handOff(w http.ResponseWriter, r *http.Request) bool {
 	if _, tcp := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr); !tcp {
 		return false
 	}
+	// Only a plugin that is up now takes the connection: one that is
+	// down is the proxy's to wait for (and report), within the one bound
+	// a call gets.
+	now, stop := context.WithCancel(r.Context())
+	stop()
+	path, err := h.sock(now)
+	if err != nil {
+		return false
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
-	path, err := h.sock(ctx)
-	if err != nil {
-		return false // the proxy answers (and waits for the plugin) the same way
-	}
 	head := handoff.RequestHead(r)
 	if len(head) > handoff.MaxMessage/2 {
 		return false

@@ -112,14 +112,25 @@ func (c *ProcessClient) Connect(ctx context.Context, req *procpb.ConnectRequest,
 }
 
 func (c *ProcessClient) StreamInput(ctx context.Context, recv service.Recv[procpb.StreamInputRequest]) (*procpb.StreamInputResponse, error) {
-	cl, _, err := c.client(ctx, nil)
-	if err != nil {
-		return nil, err
-	}
 	octx, cancel := context.WithCancel(callinfo.ToOutgoing(ctx))
 	defer cancel()
-	stream, err := cl.StreamInput(octx)
-	if err != nil {
+	// Nothing is read from the caller before the stream exists, so a
+	// stream the plugin never saw may be opened once more.
+	var stale grpc.ClientConnInterface
+	var stream grpc.ClientStreamingClient[procpb.StreamInputRequest, procpb.StreamInputResponse]
+	for attempt := 0; ; attempt++ {
+		cl, conn, err := c.client(ctx, stale)
+		if err != nil {
+			return nil, err
+		}
+		stream, err = cl.StreamInput(octx)
+		if err == nil {
+			break
+		}
+		if attempt == 0 && undelivered(err) {
+			stale = conn
+			continue
+		}
 		return nil, fromStatus(c.Plugin, err)
 	}
 	for {

@@ -161,12 +161,26 @@ func Listen(path string) (*Listener, error) {
 }
 
 func (l *Listener) loop() {
+	var backoff time.Duration
 	for {
 		c, err := l.ln.AcceptUnix()
 		if err != nil {
-			l.Close()
-			return
+			if errors.Is(err, net.ErrClosed) {
+				l.Close()
+				return
+			}
+			// Out of fds for a moment (EMFILE, ENFILE): like http.Server,
+			// wait and go on; giving up would end the fast path for good
+			// and leave queued handoffs unacknowledged.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			select {
+			case <-time.After(backoff):
+				continue
+			case <-l.done:
+				return
+			}
 		}
+		backoff = 0
 		go l.receive(c)
 	}
 }

@@ -6,8 +6,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -102,4 +104,97 @@ func FuzzDecode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, msg []byte) {
 		_, _, _ = Decode(msg)
 	})
+}
+
+// Running out of file descriptors for a moment must not end the receiver:
+// once fds are free again, a handoff queued meanwhile is taken.
+func TestListenerSurvivesRunningOutOfFds(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "h.sock")
+	ln, err := Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	front, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer front.Close()
+	client, err := net.Dial("tcp", front.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	served, err := front.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer served.Close()
+
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	open, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	low := lim
+	low.Cur = uint64(len(open) + 16)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Skipf("cannot lower RLIMIT_NOFILE: %v", err)
+	}
+	var hoard []*os.File
+	release := func() {
+		for _, f := range hoard {
+			f.Close()
+		}
+		hoard = nil
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	}
+	defer release()
+	for {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			break
+		}
+		hoard = append(hoard, f)
+	}
+	// One fd for our end of the handoff socket; the receiver's accept
+	// then finds none.
+	hoard[len(hoard)-1].Close()
+	hoard = hoard[:len(hoard)-1]
+	sender, err := Dial(context.Background(), sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sender.Close()
+	time.Sleep(50 * time.Millisecond) // the receiver hits EMFILE meanwhile
+	release()
+
+	msg, err := Encode(http.Header{}, []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			t.Errorf("accept: %v", err)
+			close(got)
+			return
+		}
+		got <- c
+	}()
+	if err := sender.Send(served.(*net.TCPConn), msg); err != nil {
+		t.Fatalf("handoff after fds were freed: %v", err)
+	}
+	select {
+	case c := <-got:
+		if c != nil {
+			c.Close()
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("handed-off connection never accepted")
+	}
 }
