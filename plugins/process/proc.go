@@ -125,7 +125,10 @@ type proc struct {
 
 	stopOnce sync.Once
 	stopOut  chan struct{} // closed to stop waiting for output EOF (KILL/TERM, deadline)
+	cutOnce  sync.Once
+	cutOut   chan struct{} // closed when the drain after an early stop is over: paused readers give up
 	outDone  chan struct{} // closed when every pump has returned
+	pausing  int           // pumps that pause for a full subscriber (pipe mode)
 
 	end    *procpb.ProcessEvent // written before hub.Close, read after the subscriber's channel closes
 	expiry *time.Timer          // retention; guarded by Service.mu
@@ -139,6 +142,11 @@ func (p *proc) startPumps() {
 	if p.master != nil {
 		wg.Add(1)
 		go p.pump(&wg, p.master, ptyChunk, ptyEvent)
+	}
+	for _, f := range []*os.File{p.stdout, p.stderr} {
+		if f != nil {
+			p.pausing++
+		}
 	}
 	if p.stdout != nil {
 		wg.Add(1)
@@ -170,7 +178,15 @@ func (p *proc) pump(wg *sync.WaitGroup, f *os.File, size int, wrap func([]byte) 
 	pause := !p.isPTY()
 	for {
 		if pause {
-			p.hub.WaitRoom(size, p.stopOut)
+			// Still paused after a KILL or TERM: the process may live on
+			// (a caught TERM), and a lone slow reader must lose nothing
+			// until the drain after the reap is over.
+			p.hub.WaitRoom(p.pausing, size, p.cutOut)
+			select {
+			case <-p.cutOut:
+				return
+			default:
+			}
 		}
 		n, err := f.Read(buf)
 		if n > 0 && p.hub.HasSubscribers() {
@@ -302,8 +318,15 @@ func (s *Service) lifecycle(p *proc) {
 		}
 		select {
 		case <-p.outDone:
-		case <-time.After(drainGrace + time.Second):
-			p.log.Warn("output readers did not stop")
+		case <-time.After(drainGrace):
+			// Readers paused for a full subscriber give up too; what it
+			// has queued, and the end event, still reach it.
+			p.cutOutput()
+			select {
+			case <-p.outDone:
+			case <-time.After(time.Second):
+				p.log.Warn("output readers did not stop")
+			}
 		}
 	}
 	// Out of the live table first, so no input or resize reaches the fds
@@ -332,6 +355,8 @@ func (p *proc) closeFiles() []*os.File {
 }
 
 func (p *proc) stopOutput() { p.stopOnce.Do(func() { close(p.stopOut) }) }
+
+func (p *proc) cutOutput() { p.cutOnce.Do(func() { close(p.cutOut) }) }
 
 // sendSignal delivers a SendSignal. KILL and TERM also stop waiting for
 // output EOF, so grandchildren holding the pipes cannot hold back the end

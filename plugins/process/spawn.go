@@ -308,6 +308,7 @@ func (s *Service) spawn(ctx context.Context, req *procpb.StartRequest) (*proc, *
 		stderr:  chio.errR,
 		stdin:   chio.stdinW,
 		stopOut: make(chan struct{}),
+		cutOut:  make(chan struct{}),
 		outDone: make(chan struct{}),
 	}
 	if p.config == nil {

@@ -54,9 +54,12 @@ type Hub[T any] struct {
 	subs   map[*Sub[T]]struct{}
 	closed bool
 	nsubs  atomic.Int32
-	// room is signalled when a queue shrinks or a subscriber leaves, for
-	// a producer waiting in WaitRoom.
-	room chan struct{}
+	// roomCh is closed (and dropped) when a queue shrinks, a subscriber
+	// leaves or the hub closes: it wakes every producer waiting in
+	// WaitRoom. It is made only when one waits, and roomMu is taken with
+	// no other lock held after it, so Next may signal under a Sub's lock.
+	roomMu sync.Mutex
+	roomCh chan struct{}
 }
 
 // Sub is one subscriber. Next yields every chunk published after Subscribe
@@ -80,7 +83,7 @@ type Sub[T any] struct {
 // chunk is offered to every subscriber.
 func New[T any](policy Policy, limits Limits, size func(T) int, merge func(last, v T) (T, bool)) *Hub[T] {
 	limits.Bytes = max(limits.Bytes, 1)
-	return &Hub[T]{policy: policy, limits: limits, size: size, merge: merge, subs: map[*Sub[T]]struct{}{}, room: make(chan struct{}, 1)}
+	return &Hub[T]{policy: policy, limits: limits, size: size, merge: merge, subs: map[*Sub[T]]struct{}{}}
 }
 
 // Ready is signalled when Next may return something new.
@@ -154,26 +157,41 @@ func (h *Hub[T]) Unsubscribe(s *Sub[T]) {
 }
 
 func (h *Hub[T]) signalRoom() {
-	select {
-	case h.room <- struct{}{}:
-	default:
+	h.roomMu.Lock()
+	defer h.roomMu.Unlock()
+	if h.roomCh != nil {
+		close(h.roomCh)
+		h.roomCh = nil
 	}
 }
 
-// WaitRoom blocks while every subscriber's queue is too full to take a
-// chunk of up to size bytes, and returns once one of them drains, leaves, the hub
-// closes or stop closes. A producer that can pause (a pipe: the kernel
-// then holds the writer back) calls it before reading more, so a lone slow
-// reader loses nothing, while one slow reader among fast ones is still
-// cut off by Publish and never holds the others back.
-func (h *Hub[T]) WaitRoom(size int, stop <-chan struct{}) {
-	need := size + h.limits.Overhead
+func (h *Hub[T]) roomWake() <-chan struct{} {
+	h.roomMu.Lock()
+	defer h.roomMu.Unlock()
+	if h.roomCh == nil {
+		h.roomCh = make(chan struct{})
+	}
+	return h.roomCh
+}
+
+// WaitRoom blocks while every subscriber's queue is too full to take one
+// chunk of up to size bytes from each of producers concurrent producers,
+// and returns once one of them drains, leaves, the hub closes or stop
+// closes. A producer that can pause (a pipe: the kernel then holds the
+// writer back) calls it before reading more, so a lone slow reader loses
+// nothing, while one slow reader among fast ones is still cut off by
+// Publish and never holds the others back. The room must cover every
+// producer: each may have passed the check and not yet published.
+func (h *Hub[T]) WaitRoom(producers, size int, stop <-chan struct{}) {
+	need := max(producers, 1) * (size + h.limits.Overhead)
 	for {
+		// Taken before the check, so room made after it still wakes us.
+		wake := h.roomWake()
 		if h.hasRoom(need) {
 			return
 		}
 		select {
-		case <-h.room:
+		case <-wake:
 		case <-stop:
 			return
 		}

@@ -271,7 +271,7 @@ func TestWaitRoom(t *testing.T) {
 	h.Publish(make([]byte, 30))
 	waited := make(chan struct{})
 	go func() {
-		h.WaitRoom(50, nil)
+		h.WaitRoom(1, 50, nil)
 		close(waited)
 	}()
 	select {
@@ -288,14 +288,38 @@ func TestWaitRoom(t *testing.T) {
 	// A second subscriber with room means no waiting.
 	h.Publish(make([]byte, 50))
 	fast := h.Subscribe()
-	h.WaitRoom(50, nil)
+	h.WaitRoom(1, 50, nil)
 	_ = fast
 	// stop ends a wait.
 	h.Unsubscribe(fast)
 	stop := make(chan struct{}) // s is full again: only stop ends the wait
 	close(stop)
-	h.WaitRoom(50, stop)
+	h.WaitRoom(1, 50, stop)
 	if s.Lagged() {
 		t.Fatal("the lone subscriber was cut off")
+	}
+}
+
+// Every producer waiting for room wakes when it appears, not just one.
+func TestWaitRoomWakesEveryProducer(t *testing.T) {
+	for i := 0; i < 50; i++ {
+		h := New[int](DropSubscriber, Limits{Bytes: 1}, func(int) int { return 1 }, nil)
+		s := h.Subscribe()
+		h.Publish(1)
+		done := make(chan struct{}, 2)
+		for j := 0; j < 2; j++ {
+			go func() { h.WaitRoom(1, 1, nil); done <- struct{}{} }()
+		}
+		time.Sleep(time.Millisecond) // both are waiting (or not yet: then they find room)
+		if _, ok, _ := s.Next(); !ok {
+			t.Fatal("nothing queued")
+		}
+		for j := 0; j < 2; j++ {
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				t.Fatalf("round %d: a producer stayed in WaitRoom after the queue emptied", i)
+			}
+		}
 	}
 }
