@@ -209,6 +209,7 @@ func (a *API) startPoll(timeout time.Duration) {
 	}
 	ctx, cancel := context.WithCancel(a.bgCtx)
 	if timeout > 0 {
+		cancel() // the deadline version replaces it; it must not stay registered in bgCtx
 		ctx, cancel = context.WithTimeout(a.bgCtx, timeout)
 	}
 	a.pollCancel = cancel

@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"sync"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -162,10 +163,16 @@ type RunFunc func(ctx context.Context, name string, args ...string) ([]byte, err
 // outputLimit bounds what is kept of a command's output.
 const outputLimit = 1 << 20
 
+// outputGrace is how long output is still read after the command exits.
+const outputGrace = time.Second
+
 // Output is the reaper's RunFunc: the command's status comes from the
 // reaper's publication, never from a wait of its own. ctx kills it.
 func (r *Reaper) Output(ctx context.Context, name string, args ...string) ([]byte, error) {
 	cmd := exec.Command(name, args...)
+	// Its own group, so that ctx ends its children too (mount forks
+	// mount.nfs, which retries for minutes).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("%s: output pipe: %w", name, err)
@@ -188,10 +195,14 @@ func (r *Reaper) Output(ctx context.Context, name string, args ...string) ([]byt
 	select {
 	case exit = <-ch:
 	case <-ctx.Done():
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		_ = cmd.Process.Kill()
 		exit = <-ch
 	}
 	_ = cmd.Process.Release()
+	// A daemon the command left behind may hold the pipe open for good:
+	// take what is there and stop waiting shortly after the exit.
+	_ = pr.SetReadDeadline(time.Now().Add(outputGrace))
 	b := <-out
 	if exit.Status.Exited() && exit.Status.ExitStatus() == 0 {
 		return b, nil

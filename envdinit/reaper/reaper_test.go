@@ -84,3 +84,33 @@ func TestOutputUnderTheReaper(t *testing.T) {
 		t.Fatalf("timeout: %v after %v", err, time.Since(t0))
 	}
 }
+
+// ctx ends a command's children too, and a child left holding the output
+// pipe does not hold the caller: /init's 10 s mount budget must hold even
+// when mount's own helper hangs.
+func TestOutputContextEndsTheWholeCommand(t *testing.T) {
+	if err := MakeSubreaper(); err != nil {
+		t.Fatal(err)
+	}
+	r := New(zap.NewNop())
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	t0 := time.Now()
+	_, err := r.Output(ctx, "/bin/sh", "-c", "sleep 30; echo never")
+	if err == nil || !strings.Contains(err.Error(), "deadline exceeded") {
+		t.Fatalf("err %v", err)
+	}
+	if d := time.Since(t0); d > 10*time.Second {
+		t.Fatalf("Output returned after %v: the child kept it", d)
+	}
+	// A daemon that outlives a successful command.
+	t0 = time.Now()
+	out, err := r.Output(context.Background(), "/bin/sh", "-c", "echo hi; sleep 30 &")
+	if err != nil || string(out) != "hi\n" {
+		t.Fatalf("daemonising command: %q %v", out, err)
+	}
+	if d := time.Since(t0); d > 10*time.Second {
+		t.Fatalf("Output returned after %v: the daemon kept it", d)
+	}
+}
