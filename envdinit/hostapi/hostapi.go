@@ -207,10 +207,12 @@ func (a *API) startPoll(timeout time.Duration) {
 	if a.pollCancel != nil {
 		a.pollCancel()
 	}
-	ctx, cancel := context.WithCancel(a.bgCtx)
+	var ctx context.Context
+	var cancel context.CancelFunc
 	if timeout > 0 {
-		cancel() // the deadline version replaces it; it must not stay registered in bgCtx
 		ctx, cancel = context.WithTimeout(a.bgCtx, timeout)
+	} else {
+		ctx, cancel = context.WithCancel(a.bgCtx)
 	}
 	a.pollCancel = cancel
 	a.goBG(func(context.Context) {
