@@ -250,13 +250,20 @@ func (f *forward) serve(r *relay) {
 
 	done := make(chan error, 1)
 	f.wg.Add(1)
+	// An error either way (a reset, not an EOF) breaks the connection:
+	// close both sockets so the other direction ends too, and the server
+	// learns the client is gone.
 	go func() {
 		defer f.wg.Done()
-		done <- copyHalf(target, r.client)
+		err := copyHalf(target, r.client)
+		if err != nil {
+			r.client.Close()
+			target.Close()
+		}
+		done <- err
 	}()
 	err = copyHalf(r.client, target)
 	if err != nil {
-		// Unblock the other direction: the connection is broken anyway.
 		r.client.Close()
 		target.Close()
 	}

@@ -171,10 +171,16 @@ func (m *Manager) Run(ctx context.Context) error {
 // port that has a listener on 127.0.0.1, ::1 or ::ffff:127.0.0.1, unless the
 // port is reserved or also has a wildcard listener (already reachable). It
 // reports whether every forward listens on every external address.
+//
+// /proc does not say whether a [::] listener is dual-stack. Alone on its
+// port it is taken to be (the Linux default), so the port is reachable.
+// Next to a 127.0.0.1 listener it must be IPv6-only (a dual-stack one could
+// not share the port), so IPv4 still needs the forward, and only on the
+// IPv4 external addresses: the [::] listener already has the others.
 func (m *Manager) reconcileLocked(listeners map[Key]Socket) (complete bool) {
 	type portInfo struct {
-		has4, has6, wildcard bool
-		inodes               []uint64
+		has4, has6, wild4, wild6 bool
+		inodes                   []uint64
 	}
 	want := make(map[uint16]*portInfo)
 	for _, s := range listeners {
@@ -196,20 +202,29 @@ func (m *Manager) reconcileLocked(listeners map[Key]Socket) (complete bool) {
 		case loopback6:
 			pi.has6 = true
 		default:
-			pi.wildcard = true
+			if a.Is4() {
+				pi.wild4 = true
+			} else {
+				pi.wild6 = true
+			}
 		}
 		pi.inodes = append(pi.inodes, s.Inode)
 	}
+	reachable := func(pi *portInfo) bool { return pi.wild4 || (pi.wild6 && !pi.has4) }
 	for port, f := range m.forwards {
-		if pi := want[port]; pi == nil || pi.wildcard {
+		if pi := want[port]; pi == nil || reachable(pi) {
 			f.close()
 			delete(m.forwards, port)
 		}
 	}
 	complete = true
 	for port, pi := range want {
-		if pi.wildcard {
+		if reachable(pi) {
 			continue
+		}
+		addrs := m.opts.ExternalAddrs
+		if pi.wild6 {
+			addrs = slices.DeleteFunc(slices.Clone(addrs), func(a netip.Addr) bool { return !a.Unmap().Is4() })
 		}
 		f := m.forwards[port]
 		if f == nil {
@@ -218,7 +233,7 @@ func (m *Manager) reconcileLocked(listeners map[Key]Socket) (complete bool) {
 		}
 		slices.Sort(pi.inodes)
 		f.setTargets(pi.has4, pi.has6, pi.inodes)
-		if !f.ensure(m.opts.ExternalAddrs) {
+		if !f.ensure(addrs) {
 			complete = false
 		}
 	}
