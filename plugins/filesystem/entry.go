@@ -68,7 +68,9 @@ func (n *names) permissions(mode uint32) string {
 func (n *names) entryInfo(path string) (*fspb.EntryInfo, error) {
 	var st unix.Stat_t
 	if err := lstat(path, &st); err != nil {
-		if errors.Is(err, unix.ENOENT) {
+		// ENOTDIR: a parent is a file, so the path is missing too (§6.3;
+		// the SDK's exists() needs not_found).
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
 			return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("file not found: %w", &fs.PathError{Op: "lstat", Path: path, Err: err}))
 		}
 		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("error getting file info: %w", &fs.PathError{Op: "lstat", Path: path, Err: err}))

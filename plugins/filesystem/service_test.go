@@ -111,7 +111,7 @@ func TestStat(t *testing.T) {
 	_, err = s.Stat(ctx, &fspb.StatRequest{Path: filepath.Join(dir, "missing")})
 	wantCode(t, err, connect.CodeNotFound, "file not found")
 	_, err = s.Stat(ctx, &fspb.StatRequest{Path: filepath.Join(f, "under-a-file")})
-	wantCode(t, err, connect.CodeInternal, "")
+	wantCode(t, err, connect.CodeNotFound, "file not found")
 	_, err = s.Stat(ctx, &fspb.StatRequest{Path: "/" + strings.Repeat("a/", 2500)})
 	wantCode(t, err, connect.CodeInternal, "file name too long")
 }

@@ -97,14 +97,28 @@ func (h *FilesHandler) writeFile(u *users.User, target string, src bodySource, c
 		return errorf(http.StatusInternalServerError, "error moving file into place: %v", err)
 	}
 	installed = true
+	staged, _ := f.Stat()
 	if herr := closeFile(f); herr != nil {
 		return herr
 	}
-	if g, err := os.OpenFile(dest, os.O_WRONLY, 0); err == nil {
-		g.Truncate(n)
-		g.Close()
-	}
+	touch(dest, staged, n)
 	return nil
+}
+
+// touch gives watchers of dest the WRITE event (IN_MODIFY) that clients
+// wait for after an upload: the file came into place by a rename or link,
+// which reports only CREATE. A truncate to its own size changes nothing but
+// is reported; it is done only while dest is still the file this upload
+// installed, since another upload may have replaced it by now.
+func touch(dest string, staged os.FileInfo, n int64) {
+	g, err := os.OpenFile(dest, os.O_WRONLY, 0)
+	if err != nil {
+		return
+	}
+	defer g.Close()
+	if now, err := g.Stat(); err == nil && staged != nil && os.SameFile(staged, now) {
+		_ = g.Truncate(n)
+	}
 }
 
 func closeFile(f *os.File) *httpError {

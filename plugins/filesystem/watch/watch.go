@@ -104,9 +104,16 @@ type Watcher struct {
 }
 
 // New starts watching root. With recursive, every directory below root is
-// watched too (symlinks are not followed), and directories that appear later
-// are added as their events arrive.
+// watched too (symlinks below root are not followed), and directories that
+// appear later are added as their events arrive.
 func New(root string, recursive bool) (*Watcher, error) {
+	// A root that is a symlink to a directory is watched as that
+	// directory: the walk that adds the tree below it does not follow a
+	// symlink, even at its start. Event names are relative to root, so
+	// clients see no difference.
+	if real, err := filepath.EvalSymlinks(root); err == nil {
+		root = real
+	}
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {
 		if errors.Is(err, unix.EMFILE) {

@@ -279,3 +279,25 @@ func TestWatchLimitErrorIsClear(t *testing.T) {
 		t.Error("not wrapping ENOSPC")
 	}
 }
+
+// A recursive watch of a symlink to a directory covers the whole tree
+// behind it, subdirectories that already exist included.
+func TestRecursiveThroughASymlinkedRoot(t *testing.T) {
+	dir := t.TempDir()
+	real := filepath.Join(dir, "real")
+	if err := os.MkdirAll(filepath.Join(real, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	w, err := New(link, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	os.WriteFile(filepath.Join(real, "sub", "x"), []byte("1"), 0o644)
+	os.WriteFile(filepath.Join(real, "marker"), nil, 0o644)
+	collect(t, w, 5*time.Second, func(e []Event) bool { return has(e, "marker", Create) && has(e, "sub/x", Create) })
+}
