@@ -20,7 +20,9 @@ const DefaultKeepalive = 90 * time.Second
 const KeepaliveHeader = "Keepalive-Ping-Interval"
 
 const (
-	mdUser      = "envd-user"
+	// A -bin key: grpc-go base64-encodes it, so any name passwd allows
+	// (UTF-8 included) crosses; an ASCII-only key would fail the call.
+	mdUser      = "envd-user-bin"
 	mdKeepalive = "envd-keepalive-ms"
 )
 

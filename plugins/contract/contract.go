@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sync"
 	"sync/atomic"
 
 	controlpb "github.com/envd-project/envd/gen/control"
@@ -102,26 +103,26 @@ func (p *GRPCPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, c *grpc
 // ControlServer serves the control API for a Controllable.
 type ControlServer struct {
 	controlpb.UnimplementedControlServer
-	Name       string
-	Target     Controllable
-	generation atomic.Uint64
+	Name   string
+	Target Controllable
+
+	configMu   sync.Mutex    // one Configure at a time: check, apply, record
+	generation atomic.Uint64 // of the newest config applied (read by Health)
 }
 
 func (s *ControlServer) Configure(ctx context.Context, cfg *controlpb.Config) (*controlpb.ConfigureResponse, error) {
 	// Pushes may cross (a start-time push and a change notification):
-	// the newest generation wins.
-	for {
-		cur := s.generation.Load()
-		if cfg.GetGeneration() < cur {
-			return &controlpb.ConfigureResponse{}, nil
-		}
-		if s.generation.CompareAndSwap(cur, cfg.GetGeneration()) {
-			break
-		}
+	// the newest generation wins, which needs the check and the apply to
+	// be one step; an older push arriving later is ignored.
+	s.configMu.Lock()
+	defer s.configMu.Unlock()
+	if cfg.GetGeneration() < s.generation.Load() {
+		return &controlpb.ConfigureResponse{}, nil
 	}
 	if err := s.Target.Configure(ctx, cfg); err != nil {
 		return nil, fmt.Errorf("%s: configure: %w", s.Name, err)
 	}
+	s.generation.Store(cfg.GetGeneration())
 	return &controlpb.ConfigureResponse{}, nil
 }
 

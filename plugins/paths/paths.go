@@ -1,34 +1,34 @@
 // Package paths resolves request paths the way every envd surface does
-// (shared/spec/WIRE.md §6.1): empty → default workdir, "~" → the user's home
-// from passwd, relative → joined onto the home and cleaned, absolute → as is.
+// (shared/spec/WIRE.md §6.1): empty → default workdir, which then goes
+// through the same rules as any path; "~" → the user's home from passwd;
+// relative → joined onto the home and cleaned; absolute → as is.
 package paths
 
 import (
 	"errors"
 	"path/filepath"
-	"strings"
 )
 
 // ErrOtherHome is returned for "~otheruser/..." paths.
 var ErrOtherHome = errors.New("cannot expand user-specific home dir")
 
-// Resolve applies the §6.1 rules for a user whose home is home. An empty
-// path with no default workdir is relative, so it is the home.
+// Resolve applies the §6.1 rules for a user whose home is home. A default
+// workdir is itself a request path ("~/work" and "work" are under the
+// home); with neither a path nor a default, the result is the home. A user
+// with no home resolves relative paths against envd's working directory,
+// as the reference does.
 func Resolve(p, home, defaultWorkdir string) (string, error) {
-	if p == "" && defaultWorkdir != "" {
-		return defaultWorkdir, nil
+	if p == "" {
+		p = defaultWorkdir
 	}
-	if strings.HasPrefix(p, "~") {
-		if p == "~" {
-			return home, nil
-		}
-		if !strings.HasPrefix(p, "~/") {
+	if len(p) > 0 && p[0] == '~' {
+		if len(p) > 1 && p[1] != '/' && p[1] != '\\' {
 			return "", ErrOtherHome
 		}
-		return filepath.Join(home, p[2:]), nil
+		p = filepath.Join(home, p[1:])
 	}
 	if filepath.IsAbs(p) {
 		return p, nil
 	}
-	return filepath.Join(home, p), nil
+	return filepath.Abs(filepath.Join(home, p))
 }

@@ -27,6 +27,19 @@ func TestResolve(t *testing.T) {
 	if _, err := Resolve("~other/x", "/home/u", ""); !errors.Is(err, ErrOtherHome) {
 		t.Errorf("~other: %v", err)
 	}
+	// The default workdir goes through the same rules as a request path.
+	for w, want := range map[string]string{"~/work": "/home/u/work", "work": "/home/u/work", "~": "/home/u", "/srv/../x": "/srv/../x"} {
+		if got, err := Resolve("", "/home/u/", w); err != nil || got != want {
+			t.Errorf("default workdir %q: %q, %v; want %q", w, got, err, want)
+		}
+	}
+	if _, err := Resolve("", "/home/u", "~other"); !errors.Is(err, ErrOtherHome) {
+		t.Errorf("default workdir ~other: %v", err)
+	}
+	// A user with no home: relative to envd's working directory.
+	if got, err := Resolve("x", "", ""); err != nil || !strings.HasPrefix(got, "/") || !strings.HasSuffix(got, "/x") {
+		t.Errorf("no home: %q, %v", got, err)
+	}
 }
 
 func FuzzResolve(f *testing.F) {

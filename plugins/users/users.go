@@ -4,8 +4,6 @@
 package users
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -142,10 +140,10 @@ func (db *DB) GroupName(gid uint32) string {
 // passwd(5)/group(5) style file that has at least n fields and a name;
 // comments, NIS markers and blank lines are skipped.
 func records(data []byte, n int, fn func(f []string)) {
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 0, 4096), 1<<20)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
+	// The whole file is in memory already: lines of any length (a group
+	// with thousands of members) are split off it, not scanned with a cap.
+	for raw := range strings.Lines(string(data)) {
+		line := strings.TrimSpace(raw)
 		if line == "" || line[0] == '#' || line[0] == '+' || line[0] == '-' {
 			continue
 		}

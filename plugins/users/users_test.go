@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -117,4 +118,18 @@ func FuzzParse(f *testing.F) {
 		}
 		ParseGroup(g)
 	})
+}
+
+// A line longer than any scanner buffer (a group of many members) is
+// parsed, and so is everything after it.
+func TestHugeLines(t *testing.T) {
+	members := strings.Repeat("someone,", 200000) + "user"
+	gids, byMember := ParseGroup([]byte("big:x:500:" + members + "\ndocker:x:999:user\n"))
+	if gids[500] != "big" || gids[999] != "docker" || !slices.Contains(byMember["user"], 999) || !slices.Contains(byMember["user"], 500) {
+		t.Fatalf("groups after a %d-byte line: %v, user in %v", len(members), gids, byMember["user"])
+	}
+	byName, _ := ParsePasswd([]byte("long:x:1:1:" + strings.Repeat("g", 2<<20) + ":/h:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n"))
+	if byName["user"] == nil || byName["user"].Home != "/home/user" {
+		t.Fatalf("user after a long GECOS: %+v", byName["user"])
+	}
 }
