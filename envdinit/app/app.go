@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -26,6 +27,7 @@ import (
 	"github.com/envd-project/envd/envdinit/supervisor"
 	controlpb "github.com/envd-project/envd/gen/control"
 	procpb "github.com/envd-project/envd/gen/process"
+	"github.com/envd-project/envd/plugins/callinfo"
 	"github.com/envd-project/envd/plugins/cgroups"
 	"github.com/envd-project/envd/plugins/contract"
 	"github.com/envd-project/envd/plugins/grpcadapter"
@@ -116,7 +118,7 @@ func parseFlags(args []string) (Config, int, bool) {
 func pluginSpecs(cfg Config, cg cgroups.Manager) ([]supervisor.Spec, error) {
 	dir := cfg.PluginDir
 	if dir == "" {
-		exe, err := os.Executable()
+		exe, err := executable()
 		if err != nil {
 			return nil, fmt.Errorf("locating envd-init: %w", err)
 		}
@@ -142,6 +144,20 @@ func pluginSpecs(cfg Config, cg cgroups.Manager) ([]supervisor.Spec, error) {
 		specs = append(specs, spec)
 	}
 	return specs, nil
+}
+
+// executable is envd-init's own path. As PID 1 it may run before /proc is
+// mounted, where os.Executable cannot read /proc/self/exe: argv[0] (a path,
+// or a name on PATH) still says where the bundle is.
+func executable() (string, error) {
+	if exe, err := os.Executable(); err == nil {
+		return exe, nil
+	}
+	exe, err := exec.LookPath(os.Args[0])
+	if err != nil {
+		return "", err
+	}
+	return filepath.Abs(exe)
 }
 
 func run(cfg Config, log *zap.Logger, export *logexport.Exporter) error {
@@ -269,6 +285,8 @@ func startCmd(ctx context.Context, log *zap.Logger, sup *supervisor.Supervisor, 
 		Cmd: "/bin/bash", Args: []string{"-l", "-c", cmd}, Cwd: &cwd,
 	}}
 	started := false
+	// As root (WIRE §10), whatever default user an /init set meanwhile.
+	ctx = callinfo.With(ctx, callinfo.Info{User: "root"})
 	err := proc.Start(ctx, req, func(res *procpb.StartResponse) error {
 		if s := res.GetEvent().GetStart(); s != nil && !started {
 			started = true

@@ -26,6 +26,10 @@ type reapedRunner struct {
 	exited chan struct{}
 	once   sync.Once
 	exit   reaper.Exit
+
+	// cgroupRefused is why the plugin could not be started in its cgroup
+	// (it was started outside it), or nil.
+	cgroupRefused error
 }
 
 var _ runner.Runner = (*reapedRunner)(nil)
@@ -47,6 +51,14 @@ func newReapedRunner(r *reaper.Reaper, cmd *exec.Cmd) (*reapedRunner, error) {
 
 func (r *reapedRunner) Start(context.Context) error {
 	ch, err := r.reaper.Start(r.cmd)
+	if err != nil && r.cmd.SysProcAttr != nil && r.cmd.SysProcAttr.UseCgroupFD {
+		// A kernel without CLONE_INTO_CGROUP (before 5.7), or a group it
+		// will not take: the plugin runs outside its group rather than
+		// not at all (WIRE §9.5: cgroup trouble degrades).
+		r.cgroupRefused = err
+		r.cmd = withoutCgroup(r.cmd)
+		ch, err = r.reaper.Start(r.cmd)
+	}
 	// The child has its copies; ours would keep the pipes open forever.
 	r.outW.Close()
 	r.errW.Close()
@@ -108,3 +120,15 @@ func (r *reapedRunner) Diagnose(context.Context) string {
 
 func (r *reapedRunner) PluginToHost(n, a string) (string, string, error) { return n, a, nil }
 func (r *reapedRunner) HostToPlugin(n, a string) (string, string, error) { return n, a, nil }
+
+// withoutCgroup is a fresh copy of an unstarted cmd (an exec.Cmd whose
+// Start failed is not started again) that is spawned in the caller's cgroup.
+func withoutCgroup(cmd *exec.Cmd) *exec.Cmd {
+	c := exec.Command(cmd.Path)
+	c.Args, c.Env, c.Dir = cmd.Args, cmd.Env, cmd.Dir
+	c.Stdin, c.Stdout, c.Stderr = cmd.Stdin, cmd.Stdout, cmd.Stderr
+	attr := *cmd.SysProcAttr
+	attr.UseCgroupFD, attr.CgroupFD = false, 0
+	c.SysProcAttr = &attr
+	return c
+}

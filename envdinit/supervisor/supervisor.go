@@ -267,6 +267,10 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 	if herr != nil {
 		return fail(fmt.Errorf("health of %s: %w", m.spec.Name, herr))
 	}
+	if run != nil && run.cgroupRefused != nil {
+		m.log.Warn("plugin runs outside its cgroup: the kernel refused to start it there", zap.Error(run.cgroupRefused))
+		m.spec.CgroupFD = -1 // restarts too
+	}
 	m.setUp(inst)
 	// A change that landed between reading the config and going up was
 	// not pushed to this instance.

@@ -10,8 +10,13 @@ import (
 	"path/filepath"
 )
 
-// Write replaces path with content and mode, creating its directory.
+// Write replaces path with content and mode, creating its directory. A
+// symlink is followed: its target is replaced and the link stays (distros
+// link /etc/ssl/certs/ca-certificates.crt to their own bundle).
 func Write(path, content string, mode os.FileMode) error {
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		path = real
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("create %s: %w", filepath.Dir(path), err)
 	}

@@ -81,5 +81,15 @@ func isFixedAddressELF(path string) (bool, error) {
 		return false, fmt.Errorf("read %s: %w", path, err)
 	}
 	defer f.Close()
-	return f.Type == elf.ET_EXEC, nil
+	if f.Type != elf.ET_EXEC {
+		return false, nil
+	}
+	// A dynamic loader (PT_INTERP) relocates, and RELRO pages it then makes
+	// read-only are private copies too: only a static executable qualifies.
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP || p.Type == elf.PT_GNU_RELRO {
+			return false, nil
+		}
+	}
+	return true, nil
 }
