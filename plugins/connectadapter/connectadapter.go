@@ -10,6 +10,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"strings"
 
 	"connectrpc.com/connect"
 	fspb "github.com/envd-project/envd/gen/filesystem"
@@ -21,13 +22,30 @@ import (
 
 // NewProcessHandler returns the path prefix and handler of process.Process.
 func NewProcessHandler(svc service.Process, opts ...connect.HandlerOption) (string, http.Handler) {
-	return processconnect.NewProcessHandler(&process{svc}, withCodecs(opts)...)
+	path, h := processconnect.NewProcessHandler(&process{svc}, withCodecs(opts)...)
+	return path, zeroTimeoutIsNone(h)
 }
 
 // NewFilesystemHandler returns the path prefix and handler of filesystem.Filesystem.
 func NewFilesystemHandler(svc service.Filesystem, opts ...connect.HandlerOption) (string, http.Handler) {
-	return filesystemconnect.NewFilesystemHandler(&filesystem{svc}, withCodecs(opts)...)
+	path, h := filesystemconnect.NewFilesystemHandler(&filesystem{svc}, withCodecs(opts)...)
+	return path, zeroTimeoutIsNone(h)
 }
+
+// zeroTimeoutIsNone drops a Connect-Timeout-Ms of 0: clients send it for
+// "no limit" (the JS SDK's timeoutMs: 0 through connect-es), and WIRE §5.1
+// and §11 treat it as no deadline, where connect-go would start the call
+// with one that has already passed.
+func zeroTimeoutIsNone(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if v := r.Header.Get(timeoutHeader); v != "" && strings.Trim(v, "0") == "" {
+			r.Header.Del(timeoutHeader)
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+const timeoutHeader = "Connect-Timeout-Ms"
 
 // withCodecs puts JSONCodecs and fast gzip first, so that a caller's own
 // options still win.

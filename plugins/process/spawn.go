@@ -136,7 +136,8 @@ func (s *Service) lookupUser(ctx context.Context) (*users.User, error) {
 func (s *Service) workdir(cwd string, u *users.User) (string, error) {
 	dir, err := paths.Resolve(cwd, u.Home, s.defs.Get().GetDefaultWorkdir())
 	if err != nil {
-		return "", connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("resolving cwd '%s': %w", cwd, err))
+		// The message as WIRE §6.1 words it, no prefix.
+		return "", connect.NewError(connect.CodeInvalidArgument, err)
 	}
 	if dir == "" {
 		dir = u.Home

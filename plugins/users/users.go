@@ -48,8 +48,10 @@ type fileStamp struct {
 // Default is the system database.
 var Default = &DB{PasswdPath: "/etc/passwd", GroupPath: "/etc/group"}
 
-// recheck bounds how often the files are stat-ed: a burst of lookups (a
-// ListDir of 10,000 entries) costs one stat, not 10,000.
+// recheck bounds how often name lookups by id stat the files: a burst
+// (a ListDir of 10,000 entries) costs one stat, not 10,000. Lookup by name
+// always stats them: a user added by `useradd` must be usable by the very
+// next call, and that call costs far more than two stats.
 const recheck = 500 * time.Millisecond
 
 func stampOf(path string) fileStamp {
@@ -64,9 +66,13 @@ func stampOf(path string) fileStamp {
 	return st
 }
 
-func (db *DB) refresh() error {
+func (db *DB) refresh() error { return db.reload(false) }
+
+// reload re-reads the files if they changed; unless force, at most once
+// per recheck.
+func (db *DB) reload(force bool) error {
 	now := time.Now()
-	if db.byName != nil && now.Sub(db.checked) < recheck {
+	if !force && db.byName != nil && now.Sub(db.checked) < recheck {
 		return nil
 	}
 	db.checked = now
@@ -100,7 +106,7 @@ func (db *DB) refresh() error {
 func (db *DB) Lookup(name string) (*User, error) {
 	db.mu.Lock()
 	defer db.mu.Unlock()
-	if err := db.refresh(); err != nil {
+	if err := db.reload(true); err != nil {
 		return nil, err
 	}
 	u, ok := db.byName[name]
