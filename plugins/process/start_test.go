@@ -554,9 +554,13 @@ func TestKeepalive(t *testing.T) {
 	t.Parallel()
 	s := newService(t, nil)
 	ctx := callinfo.With(context.Background(), callinfo.Info{Keepalive: 100 * time.Millisecond})
+	t0 := time.Now()
 	st := startStream(t, s, ctx, cmdReq("/bin/sleep", "0.55")).wait(t)
-	if st.keepalives < 2 || st.keepalives > 6 {
-		t.Errorf("keepalives = %d over ~550ms at 100ms", st.keepalives)
+	// Bounds from the stream's real length, so a loaded machine (a slow
+	// start, a late timer) cannot fail it: some keepalives, never more
+	// often than the interval.
+	if most := int(time.Since(t0)/(100*time.Millisecond)) + 1; st.keepalives < 1 || st.keepalives > most {
+		t.Errorf("keepalives = %d over %v at 100ms (at most %d)", st.keepalives, time.Since(t0), most)
 	}
 	if st.end.GetExitCode() != 0 {
 		t.Errorf("end = %v", st.end)
@@ -570,7 +574,7 @@ func TestKeepaliveResetByData(t *testing.T) {
 	s := newService(t, nil)
 	p := &proc{pid: 1, hub: newHubForTest(s)}
 	sub := p.hub.Subscribe()
-	ctx := callinfo.With(context.Background(), callinfo.Info{Keepalive: 400 * time.Millisecond})
+	ctx := callinfo.With(context.Background(), callinfo.Info{Keepalive: time.Second})
 	var got []string
 	done := make(chan error, 1)
 	go func() {
@@ -586,19 +590,22 @@ func TestKeepaliveResetByData(t *testing.T) {
 			return nil
 		})
 	}()
-	for i := 0; i < 10; i++ {
+	// 1.2 s of data every 60 ms: without the reset a keepalive would fall
+	// in it. Chunks may merge when the reader lags; only the order counts.
+	for i := 0; i < 20; i++ {
 		p.hub.Publish(stdoutEvent([]byte("x")))
 		time.Sleep(60 * time.Millisecond)
 	}
-	time.Sleep(700 * time.Millisecond)
+	time.Sleep(1500 * time.Millisecond)
 	p.end = endEvent(nil, nil)
 	p.hub.Close()
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	s10 := strings.Join(got, "")
-	if !strings.HasPrefix(s10, "dddddddddd") || !strings.Contains(s10[10:], "k") || !strings.HasSuffix(s10, "e") {
-		t.Errorf("events %q: want 10 data, then keepalives, then end", s10)
+	seq := strings.Join(got, "")
+	last := strings.LastIndex(seq, "d")
+	if !strings.HasPrefix(seq, "d") || strings.Contains(seq[:last], "k") || !strings.Contains(seq[last:], "k") || !strings.HasSuffix(seq, "e") {
+		t.Errorf("events %q: want data (no keepalive among it), then keepalives, then end", seq)
 	}
 }
 
