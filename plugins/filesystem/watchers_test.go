@@ -209,9 +209,27 @@ func TestPollingWatcher(t *testing.T) {
 		t.Fatalf("id %q", r.WatcherId)
 	}
 	os.Mkdir(filepath.Join(dir, "sub"), 0o755)
-	time.Sleep(50 * time.Millisecond)
-	os.WriteFile(filepath.Join(dir, "sub", "x"), []byte("1"), 0o644)
+	// Once sub's CREATE is out, sub itself is watched: only then is a
+	// write inside it sure to be seen as a WRITE.
 	var got []*fspb.FilesystemEvent
+	subBy := time.Now().Add(10 * time.Second)
+	for seen := false; !seen; {
+		if time.Now().After(subBy) {
+			t.Fatalf("no CREATE of sub: %v", got)
+		}
+		ev, err := s.GetWatcherEvents(ctx, &fspb.GetWatcherEventsRequest{WatcherId: r.WatcherId})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, ev.Events...)
+		for _, e := range ev.Events {
+			seen = seen || (e.Name == "sub" && e.Type == fspb.EventType_EVENT_TYPE_CREATE)
+		}
+		if !seen {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	os.WriteFile(filepath.Join(dir, "sub", "x"), []byte("1"), 0o644)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		ev, err := s.GetWatcherEvents(ctx, &fspb.GetWatcherEventsRequest{WatcherId: r.WatcherId})

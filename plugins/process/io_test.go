@@ -113,7 +113,9 @@ func TestPTYSizeAtStart(t *testing.T) {
 func TestStdinPipe(t *testing.T) {
 	t.Parallel()
 	s := newService(t, nil)
-	st := startStream(t, s, context.Background(), cmdReq("/bin/cat")) // stdin absent → pipe
+	// The process outlives its stdin's EOF, so the second CloseStdin still
+	// finds it (a process that ended is not_found).
+	st := startStream(t, s, context.Background(), shReq("cat; echo; exec sleep 30")) // stdin absent → pipe
 	pid := st.waitPID(t)
 	must(t, sendStdin(s, pidSel(pid), "hello "))
 	must(t, sendStdin(s, pidSel(pid), "world"))
@@ -122,8 +124,11 @@ func TestStdinPipe(t *testing.T) {
 		_, err := s.CloseStdin(context.Background(), &procpb.CloseStdinRequest{Process: pidSel(pid)})
 		must(t, err)
 	}
+	st.waitOutput(t, "hello world\n") // cat saw EOF
+	_, err := s.SendSignal(context.Background(), &procpb.SendSignalRequest{Process: pidSel(pid), Signal: procpb.Signal_SIGNAL_SIGKILL})
+	must(t, err)
 	st.wait(t)
-	if st.stdout.String() != "hello world" || st.end.GetExitCode() != 0 {
+	if st.stdout.String() != "hello world\n" || st.end.GetStatus() != "signal: killed" {
 		t.Errorf("stdout %q end %v", st.stdout.String(), st.end)
 	}
 
@@ -133,7 +138,7 @@ func TestStdinPipe(t *testing.T) {
 	st = startStream(t, s, context.Background(), req)
 	pid = st.waitPID(t)
 	must(t, sendStdin(s, pidSel(pid), "x"))
-	_, err := s.CloseStdin(context.Background(), &procpb.CloseStdinRequest{Process: pidSel(pid)})
+	_, err = s.CloseStdin(context.Background(), &procpb.CloseStdinRequest{Process: pidSel(pid)})
 	must(t, err)
 	st.wait(t)
 	if st.stdout.String() != "x" {

@@ -424,7 +424,8 @@ func TestChildGetsOnlyStdio(t *testing.T) {
 func TestKillDeadline(t *testing.T) {
 	t.Parallel()
 	s := newService(t, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	// Long enough to cover the spawn on a loaded machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	begin := time.Now()
 	st := startStream(t, s, ctx, cmdReq("/bin/sleep", "30"))

@@ -382,14 +382,20 @@ func TestProcessKillDeadline(t *testing.T) {
 	e := envdtest.Start(t)
 	cl := processconnect.NewProcessClient(http.DefaultClient, e.URL)
 	tag := "deadline"
-	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
+	// Long enough for the start event on a loaded machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	s, err := cl.Start(ctx, connect.NewRequest(&procpb.StartRequest{Process: &procpb.ProcessConfig{Cmd: "/bin/sleep", Args: []string{"30"}}, Tag: &tag}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.Receive()
+	if !s.Receive() {
+		t.Fatalf("no start event: %v", s.Err())
+	}
 	pid := s.Msg().GetEvent().GetStart().GetPid()
+	if pid == 0 {
+		t.Fatalf("first event is not the start: %v", s.Msg())
+	}
 	s.Close()
 	// The deadline kills the process even though the stream is gone.
 	deadline := time.Now().Add(10 * time.Second)
