@@ -41,8 +41,9 @@ type Options struct {
 	Log    *zap.Logger
 	Conn   func(name string) grpcadapter.ConnFunc
 	Socket func(ctx context.Context, name string) (string, error)
-	// Handoff returns the plugin's socket for whole client connections.
-	Handoff func(ctx context.Context, name string) (string, error)
+	// Handoff returns the socket for whole client connections of a plugin
+	// that is up now; it never waits.
+	Handoff func(name string) (string, error)
 	Host    Host
 	Users   connectadapter.UserDB
 }
@@ -72,7 +73,7 @@ func New(opts Options) *Server {
 	// then is not re-encoded across the hop: ~17 ms of a 10,000-entry
 	// listing), not for short calls or RPC streams (measured: a short
 	// Start got slower, not faster).
-	fsSock := func(ctx context.Context) (string, error) { return opts.Handoff(ctx, contract.FS) }
+	fsSock := func() (string, error) { return opts.Handoff(contract.FS) }
 	mux.Handle("POST "+fsPath+"ListDir", &handoffRoute{log: opts.Log, next: fsProxy, sock: fsSock})
 	files := &handoffRoute{log: opts.Log,
 		next: newFilesProxy(opts.Log, func(ctx context.Context) (string, error) { return opts.Socket(ctx, contract.FS) }),

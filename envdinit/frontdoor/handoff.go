@@ -20,7 +20,8 @@ import (
 type handoffRoute struct {
 	log  *zap.Logger
 	next http.Handler
-	sock func(ctx context.Context) (string, error)
+	// sock is the plugin's handoff socket if the plugin is up now.
+	sock func() (string, error)
 }
 
 func (h *handoffRoute) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -38,12 +39,9 @@ func (h *handoffRoute) handOff(w http.ResponseWriter, r *http.Request) bool {
 	if _, tcp := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr); !tcp {
 		return false
 	}
-	// Only a plugin that is up now takes the connection: one that is
-	// down is the proxy's to wait for (and report), within the one bound
-	// a call gets.
-	now, stop := context.WithCancel(r.Context())
-	stop()
-	path, err := h.sock(now)
+	// A plugin that is down is the proxy's to wait for (and report),
+	// within the one bound a call gets.
+	path, err := h.sock()
 	if err != nil {
 		return false
 	}

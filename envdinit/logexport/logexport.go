@@ -14,6 +14,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 )
@@ -186,7 +187,7 @@ func (e *Exporter) send(ctx context.Context, t *Target, line []byte) error {
 
 // collectorURL accepts the address as MMDS gives it: a URL, or host:port.
 func collectorURL(addr string) string {
-	if bytes.Contains([]byte(addr), []byte("://")) {
+	if strings.Contains(addr, "://") {
 		return addr
 	}
 	return "http://" + addr

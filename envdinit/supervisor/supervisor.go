@@ -393,11 +393,18 @@ func (s *Supervisor) HTTPSocket(ctx context.Context, name string) (string, error
 }
 
 // HandoffSocket returns the socket that takes whole client connections for
-// the plugin's HTTP server.
-func (s *Supervisor) HandoffSocket(ctx context.Context, name string) (string, error) {
-	inst, err := s.wait(ctx, name, nil)
-	if err != nil {
-		return "", err
+// the plugin's HTTP server, if the plugin is up now. It does not wait: the
+// caller then serves the request another way (the proxy, which waits), so
+// no call waits twice.
+func (s *Supervisor) HandoffSocket(name string) (string, error) {
+	m, ok := s.plugins[name]
+	if !ok {
+		return "", connect.NewError(connect.CodeUnimplemented, fmt.Errorf("no plugin %s in this envd", name))
+	}
+	inst, _ := m.current()
+	if inst == nil {
+		m.want()
+		return "", connect.NewError(connect.CodeUnavailable, fmt.Errorf("plugin %s is not running", name))
 	}
 	if inst.health.GetHandoffSocket() == "" {
 		return "", connect.NewError(connect.CodeInternal, fmt.Errorf("plugin %s takes no connections", name))

@@ -43,22 +43,30 @@ func connClosing(err error) bool {
 	return ok && st.Code() == codes.Canceled && st.Message() == grpcClosingMsg
 }
 
-func unary[C, Req, Res any](ctx context.Context, plugin string, get clientFunc[C], req *Req,
-	call func(C, context.Context, *Req, ...grpc.CallOption) (*Res, error)) (*Res, error) {
-	octx := callinfo.ToOutgoing(ctx)
+// once runs do on the plugin's client and converts its error; a first try
+// that never reached the plugin is made once more on the replacement.
+// Errors of get (the plugin is down) come back unchanged.
+func once[C, T any](ctx context.Context, plugin string, get clientFunc[C], do func(C) (T, error)) (T, error) {
 	var stale grpc.ClientConnInterface
 	for attempt := 0; ; attempt++ {
 		cl, conn, err := get(ctx, stale)
 		if err != nil {
-			return nil, err
+			var zero T
+			return zero, err
 		}
-		res, err := call(cl, octx, req)
+		v, err := do(cl)
 		if attempt == 0 && undelivered(err) {
 			stale = conn
 			continue
 		}
-		return res, fromStatus(plugin, err)
+		return v, fromStatus(plugin, err)
 	}
+}
+
+func unary[C, Req, Res any](ctx context.Context, plugin string, get clientFunc[C], req *Req,
+	call func(C, context.Context, *Req, ...grpc.CallOption) (*Res, error)) (*Res, error) {
+	octx := callinfo.ToOutgoing(ctx)
+	return once(ctx, plugin, get, func(cl C) (*Res, error) { return call(cl, octx, req) })
 }
 
 func serverStream[C, Req, Res any](ctx context.Context, plugin string, get clientFunc[C], req *Req,

@@ -116,22 +116,11 @@ func (c *ProcessClient) StreamInput(ctx context.Context, recv service.Recv[procp
 	defer cancel()
 	// Nothing is read from the caller before the stream exists, so a
 	// stream the plugin never saw may be opened once more.
-	var stale grpc.ClientConnInterface
-	var stream grpc.ClientStreamingClient[procpb.StreamInputRequest, procpb.StreamInputResponse]
-	for attempt := 0; ; attempt++ {
-		cl, conn, err := c.client(ctx, stale)
-		if err != nil {
-			return nil, err
-		}
-		stream, err = cl.StreamInput(octx)
-		if err == nil {
-			break
-		}
-		if attempt == 0 && undelivered(err) {
-			stale = conn
-			continue
-		}
-		return nil, fromStatus(c.Plugin, err)
+	stream, err := once(ctx, c.Plugin, c.client, func(cl procpb.ProcessClient) (grpc.ClientStreamingClient[procpb.StreamInputRequest, procpb.StreamInputResponse], error) {
+		return cl.StreamInput(octx)
+	})
+	if err != nil {
+		return nil, err
 	}
 	for {
 		msg, err := recv()
