@@ -6,8 +6,8 @@ package main
 import (
 	"os"
 
-	"github.com/envd-project/envd/plugins/fsplugin"
-	"github.com/envd-project/envd/plugins/pluginmain"
+	fsplugin "github.com/envd-project/envd/plugins/filesystem/plugin"
+	"github.com/envd-project/envd/plugins/pluginkit/pluginmain"
 )
 
 func main() {

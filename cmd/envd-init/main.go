@@ -9,11 +9,11 @@ import (
 	"path/filepath"
 
 	"github.com/envd-project/envd/envdinit/app"
-	"github.com/envd-project/envd/plugins/contract"
-	"github.com/envd-project/envd/plugins/fsplugin"
-	"github.com/envd-project/envd/plugins/netplugin"
-	"github.com/envd-project/envd/plugins/pluginmain"
-	"github.com/envd-project/envd/plugins/procplugin"
+	fsplugin "github.com/envd-project/envd/plugins/filesystem/plugin"
+	"github.com/envd-project/envd/plugins/pluginkit/contract"
+	"github.com/envd-project/envd/plugins/pluginkit/pluginmain"
+	netplugin "github.com/envd-project/envd/plugins/ports/plugin"
+	procplugin "github.com/envd-project/envd/plugins/process/plugin"
 )
 
 func main() {

@@ -6,8 +6,8 @@ package main
 import (
 	"os"
 
-	"github.com/envd-project/envd/plugins/netplugin"
-	"github.com/envd-project/envd/plugins/pluginmain"
+	"github.com/envd-project/envd/plugins/pluginkit/pluginmain"
+	netplugin "github.com/envd-project/envd/plugins/ports/plugin"
 )
 
 func main() {

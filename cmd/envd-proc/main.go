@@ -6,8 +6,8 @@ package main
 import (
 	"os"
 
-	"github.com/envd-project/envd/plugins/pluginmain"
-	"github.com/envd-project/envd/plugins/procplugin"
+	"github.com/envd-project/envd/plugins/pluginkit/pluginmain"
+	procplugin "github.com/envd-project/envd/plugins/process/plugin"
 )
 
 func main() {

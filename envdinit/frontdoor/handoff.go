@@ -7,8 +7,8 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/envd-project/envd/plugins/handoff"
-	"github.com/envd-project/envd/plugins/resterr"
+	"github.com/envd-project/envd/internal/resterr"
+	"github.com/envd-project/envd/plugins/pluginkit/handoff"
 	"go.uber.org/zap"
 )
 

@@ -4,7 +4,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
-	"github.com/envd-project/envd/plugins/resterr"
+	"github.com/envd-project/envd/internal/resterr"
 	"net/http"
 	"strconv"
 

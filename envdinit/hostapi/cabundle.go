@@ -4,7 +4,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"github.com/envd-project/envd/plugins/atomicfile"
+	"github.com/envd-project/envd/internal/atomicfile"
 	"os"
 	"path/filepath"
 	"strings"

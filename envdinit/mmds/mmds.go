@@ -11,7 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/envd-project/envd/envdinit/reaper"
-	"github.com/envd-project/envd/plugins/atomicfile"
+	"github.com/envd-project/envd/internal/atomicfile"
 	"io"
 	"net/http"
 	"os"

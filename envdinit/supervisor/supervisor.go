@@ -19,7 +19,7 @@ import (
 	"github.com/envd-project/envd/envdinit/reaper"
 	"github.com/envd-project/envd/envdinit/state"
 	controlpb "github.com/envd-project/envd/gen/control"
-	"github.com/envd-project/envd/plugins/contract"
+	"github.com/envd-project/envd/plugins/pluginkit/contract"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 	"github.com/hashicorp/go-plugin/runner"

@@ -22,7 +22,7 @@ import (
 
 	controlpb "github.com/envd-project/envd/gen/control"
 	fspb "github.com/envd-project/envd/gen/filesystem"
-	"github.com/envd-project/envd/plugins/defaults"
+	"github.com/envd-project/envd/plugins/pluginkit/defaults"
 )
 
 const benchSize = 100 << 20

@@ -15,7 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	fspb "github.com/envd-project/envd/gen/filesystem"
-	"github.com/envd-project/envd/plugins/users"
+	"github.com/envd-project/envd/internal/users"
 )
 
 // MetadataPrefix is the xattr namespace that carries file metadata (WIRE §6.2, §7.7).

@@ -6,7 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/envd-project/envd/plugins/resterr"
+	"github.com/envd-project/envd/internal/resterr"
 	"io"
 	"io/fs"
 	"mime"
@@ -21,9 +21,9 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
-	"github.com/envd-project/envd/plugins/defaults"
-	"github.com/envd-project/envd/plugins/paths"
-	"github.com/envd-project/envd/plugins/users"
+	"github.com/envd-project/envd/internal/paths"
+	"github.com/envd-project/envd/internal/users"
+	"github.com/envd-project/envd/plugins/pluginkit/defaults"
 )
 
 // copyBufSize is the unit of disk and socket I/O for transfers: large enough

@@ -16,7 +16,7 @@ import (
 
 	controlpb "github.com/envd-project/envd/gen/control"
 	fspb "github.com/envd-project/envd/gen/filesystem"
-	"github.com/envd-project/envd/plugins/defaults"
+	"github.com/envd-project/envd/plugins/pluginkit/defaults"
 )
 
 // FuzzMultipartUpload feeds arbitrary multipart bodies to POST /files. Every

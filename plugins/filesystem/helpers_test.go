@@ -14,9 +14,9 @@ import (
 	"go.uber.org/zap"
 
 	controlpb "github.com/envd-project/envd/gen/control"
-	"github.com/envd-project/envd/plugins/callinfo"
-	"github.com/envd-project/envd/plugins/defaults"
-	"github.com/envd-project/envd/plugins/users"
+	"github.com/envd-project/envd/internal/users"
+	"github.com/envd-project/envd/plugins/pluginkit/callinfo"
+	"github.com/envd-project/envd/plugins/pluginkit/defaults"
 )
 
 func newDB() *users.DB { return &users.DB{PasswdPath: "/etc/passwd", GroupPath: "/etc/group"} }

@@ -17,11 +17,11 @@ import (
 	"connectrpc.com/connect"
 	"go.uber.org/zap"
 
-	"github.com/envd-project/envd/plugins/callinfo"
-	"github.com/envd-project/envd/plugins/defaults"
-	"github.com/envd-project/envd/plugins/paths"
-	"github.com/envd-project/envd/plugins/service"
-	"github.com/envd-project/envd/plugins/users"
+	"github.com/envd-project/envd/internal/paths"
+	"github.com/envd-project/envd/internal/users"
+	"github.com/envd-project/envd/plugins/pluginkit/callinfo"
+	"github.com/envd-project/envd/plugins/pluginkit/defaults"
+	"github.com/envd-project/envd/plugins/pluginkit/service"
 )
 
 // DefaultWatcherEventLimit bounds the events a polling watcher (CreateWatcher)

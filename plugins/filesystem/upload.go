@@ -14,7 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/envd-project/envd/plugins/users"
+	"github.com/envd-project/envd/internal/users"
 )
 
 var randReader = rand.Reader

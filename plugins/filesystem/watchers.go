@@ -16,9 +16,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	fspb "github.com/envd-project/envd/gen/filesystem"
-	"github.com/envd-project/envd/plugins/callinfo"
 	"github.com/envd-project/envd/plugins/filesystem/watch"
-	"github.com/envd-project/envd/plugins/service"
+	"github.com/envd-project/envd/plugins/pluginkit/callinfo"
+	"github.com/envd-project/envd/plugins/pluginkit/service"
 )
 
 // Filesystem magic numbers (linux/magic.h) of mounts that inotify cannot

@@ -13,7 +13,7 @@ import (
 	"connectrpc.com/connect"
 
 	fspb "github.com/envd-project/envd/gen/filesystem"
-	"github.com/envd-project/envd/plugins/callinfo"
+	"github.com/envd-project/envd/plugins/pluginkit/callinfo"
 )
 
 type stream struct {

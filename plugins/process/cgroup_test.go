@@ -13,8 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	procpb "github.com/envd-project/envd/gen/process"
-	"github.com/envd-project/envd/plugins/cgroups"
-	"github.com/envd-project/envd/plugins/users"
+	"github.com/envd-project/envd/internal/cgroups"
+	"github.com/envd-project/envd/internal/users"
 )
 
 // fdManager hands out fixed fds per kind and records what was asked.

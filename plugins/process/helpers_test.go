@@ -16,10 +16,10 @@ import (
 
 	controlpb "github.com/envd-project/envd/gen/control"
 	procpb "github.com/envd-project/envd/gen/process"
-	"github.com/envd-project/envd/plugins/cgroups"
-	"github.com/envd-project/envd/plugins/defaults"
+	"github.com/envd-project/envd/internal/cgroups"
+	"github.com/envd-project/envd/internal/users"
+	"github.com/envd-project/envd/plugins/pluginkit/defaults"
 	"github.com/envd-project/envd/plugins/process/fanout"
-	"github.com/envd-project/envd/plugins/users"
 )
 
 const waitLimit = 15 * time.Second

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	procpb "github.com/envd-project/envd/gen/process"
-	"github.com/envd-project/envd/plugins/users"
+	"github.com/envd-project/envd/internal/users"
 )
 
 func openFDs(t *testing.T) int {

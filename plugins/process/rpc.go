@@ -12,9 +12,9 @@ import (
 	"connectrpc.com/connect"
 
 	procpb "github.com/envd-project/envd/gen/process"
-	"github.com/envd-project/envd/plugins/callinfo"
+	"github.com/envd-project/envd/plugins/pluginkit/callinfo"
+	"github.com/envd-project/envd/plugins/pluginkit/service"
 	"github.com/envd-project/envd/plugins/process/fanout"
-	"github.com/envd-project/envd/plugins/service"
 )
 
 // Start implements service.Process (WIRE §5.1).

@@ -22,11 +22,11 @@ import (
 	"go.uber.org/zap"
 
 	procpb "github.com/envd-project/envd/gen/process"
-	"github.com/envd-project/envd/plugins/cgroups"
-	"github.com/envd-project/envd/plugins/defaults"
+	"github.com/envd-project/envd/internal/cgroups"
+	"github.com/envd-project/envd/internal/users"
+	"github.com/envd-project/envd/plugins/pluginkit/defaults"
+	"github.com/envd-project/envd/plugins/pluginkit/service"
 	"github.com/envd-project/envd/plugins/process/fanout"
-	"github.com/envd-project/envd/plugins/service"
-	"github.com/envd-project/envd/plugins/users"
 )
 
 const (

@@ -17,11 +17,11 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	procpb "github.com/envd-project/envd/gen/process"
-	"github.com/envd-project/envd/plugins/callinfo"
-	"github.com/envd-project/envd/plugins/cgroups"
-	"github.com/envd-project/envd/plugins/paths"
+	"github.com/envd-project/envd/internal/cgroups"
+	"github.com/envd-project/envd/internal/paths"
+	"github.com/envd-project/envd/internal/users"
+	"github.com/envd-project/envd/plugins/pluginkit/callinfo"
 	"github.com/envd-project/envd/plugins/process/fanout"
-	"github.com/envd-project/envd/plugins/users"
 )
 
 // SystemTag keeps a process in envd's own cgroup (WIRE §5.1 step 7).

@@ -18,9 +18,9 @@ import (
 
 	controlpb "github.com/envd-project/envd/gen/control"
 	procpb "github.com/envd-project/envd/gen/process"
-	"github.com/envd-project/envd/plugins/callinfo"
-	"github.com/envd-project/envd/plugins/cgroups"
-	"github.com/envd-project/envd/plugins/users"
+	"github.com/envd-project/envd/internal/cgroups"
+	"github.com/envd-project/envd/internal/users"
+	"github.com/envd-project/envd/plugins/pluginkit/callinfo"
 )
 
 func TestStartPipeOutput(t *testing.T) {

@@ -5,7 +5,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/envd-project/envd/plugins/users"
+	"github.com/envd-project/envd/internal/users"
 )
 
 func statUID(t *testing.T, path string) uint32 {

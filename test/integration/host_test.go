@@ -18,7 +18,7 @@ import (
 	"connectrpc.com/connect"
 	procpb "github.com/envd-project/envd/gen/process"
 	"github.com/envd-project/envd/gen/process/processconnect"
-	"github.com/envd-project/envd/plugins/cgroups"
+	"github.com/envd-project/envd/internal/cgroups"
 	"github.com/envd-project/envd/test/envdtest"
 	"google.golang.org/protobuf/proto"
 )

@@ -1,5 +1,5 @@
-// Package fsplugin makes the filesystem service and /files the envd-fs plugin.
-package fsplugin
+// Package plugin (runs in envd-fs) makes the filesystem service and /files the envd-fs plugin.
+package plugin
 
 import (
 	"context"
@@ -8,12 +8,12 @@ import (
 	"connectrpc.com/connect"
 	controlpb "github.com/envd-project/envd/gen/control"
 	fspb "github.com/envd-project/envd/gen/filesystem"
-	"github.com/envd-project/envd/plugins/connectadapter"
-	"github.com/envd-project/envd/plugins/contract"
-	"github.com/envd-project/envd/plugins/defaults"
 	"github.com/envd-project/envd/plugins/filesystem"
-	"github.com/envd-project/envd/plugins/grpcadapter"
-	"github.com/envd-project/envd/plugins/pluginmain"
+	"github.com/envd-project/envd/plugins/pluginkit/connectadapter"
+	"github.com/envd-project/envd/plugins/pluginkit/contract"
+	"github.com/envd-project/envd/plugins/pluginkit/defaults"
+	"github.com/envd-project/envd/plugins/pluginkit/grpcadapter"
+	"github.com/envd-project/envd/plugins/pluginkit/pluginmain"
 	"google.golang.org/grpc"
 )
 

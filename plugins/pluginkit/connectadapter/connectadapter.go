@@ -17,7 +17,7 @@ import (
 	"github.com/envd-project/envd/gen/filesystem/filesystemconnect"
 	procpb "github.com/envd-project/envd/gen/process"
 	"github.com/envd-project/envd/gen/process/processconnect"
-	"github.com/envd-project/envd/plugins/service"
+	"github.com/envd-project/envd/plugins/pluginkit/service"
 )
 
 // NewProcessHandler returns the path prefix and handler of process.Process.

@@ -8,9 +8,9 @@ import (
 	"net/http"
 
 	"connectrpc.com/connect"
-	"github.com/envd-project/envd/plugins/callinfo"
-	"github.com/envd-project/envd/plugins/contract"
-	"github.com/envd-project/envd/plugins/users"
+	"github.com/envd-project/envd/internal/users"
+	"github.com/envd-project/envd/plugins/pluginkit/callinfo"
+	"github.com/envd-project/envd/plugins/pluginkit/contract"
 )
 
 var errEOF = io.EOF

@@ -21,7 +21,7 @@ import (
 
 	fspb "github.com/envd-project/envd/gen/filesystem"
 	"github.com/envd-project/envd/gen/filesystem/filesystemconnect"
-	"github.com/envd-project/envd/plugins/service"
+	"github.com/envd-project/envd/plugins/pluginkit/service"
 )
 
 // checkSame encodes m with JSONCodec and protojson and requires the same

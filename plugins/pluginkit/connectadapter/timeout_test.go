@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	fspb "github.com/envd-project/envd/gen/filesystem"
-	"github.com/envd-project/envd/plugins/service"
+	"github.com/envd-project/envd/plugins/pluginkit/service"
 )
 
 // deadlineFS reports whether its call came with a deadline.

@@ -4,8 +4,8 @@ import (
 	"context"
 
 	fspb "github.com/envd-project/envd/gen/filesystem"
-	"github.com/envd-project/envd/plugins/callinfo"
-	"github.com/envd-project/envd/plugins/service"
+	"github.com/envd-project/envd/plugins/pluginkit/callinfo"
+	"github.com/envd-project/envd/plugins/pluginkit/service"
 	"google.golang.org/grpc"
 )
 

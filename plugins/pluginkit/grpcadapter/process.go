@@ -6,8 +6,8 @@ import (
 	"io"
 
 	procpb "github.com/envd-project/envd/gen/process"
-	"github.com/envd-project/envd/plugins/callinfo"
-	"github.com/envd-project/envd/plugins/service"
+	"github.com/envd-project/envd/plugins/pluginkit/callinfo"
+	"github.com/envd-project/envd/plugins/pluginkit/service"
 	"google.golang.org/grpc"
 )
 

@@ -1,7 +1,7 @@
-// Package netplugin makes the port subsystem the envd-net plugin. It serves
+// Package plugin (runs in envd-net) makes the port subsystem the envd-net plugin. It serves
 // no public RPC: envd-init drives it through the control API (config,
 // snapshot prepare and restore).
-package netplugin
+package plugin
 
 import (
 	"context"
@@ -11,8 +11,8 @@ import (
 
 	"connectrpc.com/connect"
 	controlpb "github.com/envd-project/envd/gen/control"
-	"github.com/envd-project/envd/plugins/contract"
-	"github.com/envd-project/envd/plugins/pluginmain"
+	"github.com/envd-project/envd/plugins/pluginkit/contract"
+	"github.com/envd-project/envd/plugins/pluginkit/pluginmain"
 	"github.com/envd-project/envd/plugins/ports"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"

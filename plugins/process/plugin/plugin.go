@@ -1,5 +1,5 @@
-// Package procplugin makes the process service the envd-proc plugin.
-package procplugin
+// Package plugin (runs in envd-proc) makes the process service the envd-proc plugin.
+package plugin
 
 import (
 	"context"
@@ -8,12 +8,12 @@ import (
 	"connectrpc.com/connect"
 	controlpb "github.com/envd-project/envd/gen/control"
 	procpb "github.com/envd-project/envd/gen/process"
-	"github.com/envd-project/envd/plugins/cgroups"
-	"github.com/envd-project/envd/plugins/connectadapter"
-	"github.com/envd-project/envd/plugins/contract"
-	"github.com/envd-project/envd/plugins/defaults"
-	"github.com/envd-project/envd/plugins/grpcadapter"
-	"github.com/envd-project/envd/plugins/pluginmain"
+	"github.com/envd-project/envd/internal/cgroups"
+	"github.com/envd-project/envd/plugins/pluginkit/connectadapter"
+	"github.com/envd-project/envd/plugins/pluginkit/contract"
+	"github.com/envd-project/envd/plugins/pluginkit/defaults"
+	"github.com/envd-project/envd/plugins/pluginkit/grpcadapter"
+	"github.com/envd-project/envd/plugins/pluginkit/pluginmain"
 	"github.com/envd-project/envd/plugins/process"
 	"google.golang.org/grpc"
 )

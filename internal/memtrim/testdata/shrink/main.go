@@ -8,7 +8,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/envd-project/envd/plugins/memtrim"
+	"github.com/envd-project/envd/internal/memtrim"
 )
 
 func pssFile() string {
