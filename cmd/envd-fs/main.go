@@ -1,6 +1,8 @@
-// Command envd-fs is the fs plugin built alone, for hot-swapping it into a
-// running bundle during development or running it with --standalone. The
-// bundle itself ships envd-init under this name (see cmd/envd-init).
+// Command envd-fs is the envd-fs plugin built on its own; it runs in
+// envd-fs. make swap-envd-fs swaps it into a running bundle (hot-swap),
+// and envd-fs --standalone --port N serves filesystem.Filesystem and /files
+// alone for debugging. The bundle itself ships cmd/envd-init
+// under this name (docs/development.md).
 package main
 
 import (

@@ -1,7 +1,8 @@
-// Command envd-init is the root of the envd process tree. The bundle is one
-// executable under four names (hard links): started as envd-proc, envd-fs
-// or envd-net it is that plugin, so the kernel shares its pages between all
-// four processes (shared/notes/PLUGIN_COSTS.md).
+// Command envd-init is the bundle's one executable, and so it runs in every
+// process of the tree: started under its own name it is envd-init (PID 1:
+// listener, auth, supervision, reaper); hard-linked as envd-proc, envd-fs or
+// envd-net it is that plugin. One file under four names lets the kernel share
+// its pages between the four processes (docs/architecture.md).
 package main
 
 import (

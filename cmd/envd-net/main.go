@@ -1,6 +1,8 @@
-// Command envd-net is the net plugin built alone, for hot-swapping it into a
-// running bundle during development or running it with --standalone. The
-// bundle itself ships envd-init under this name (see cmd/envd-init).
+// Command envd-net is the envd-net plugin built on its own; it runs in
+// envd-net. make swap-envd-net swaps it into a running bundle (hot-swap),
+// and envd-net --standalone --port N runs the port forwarding alone for
+// debugging. The bundle itself ships cmd/envd-init
+// under this name (docs/development.md).
 package main
 
 import (

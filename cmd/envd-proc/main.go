@@ -1,6 +1,8 @@
-// Command envd-proc is the proc plugin built alone, for hot-swapping it into a
-// running bundle during development or running it with --standalone. The
-// bundle itself ships envd-init under this name (see cmd/envd-init).
+// Command envd-proc is the envd-proc plugin built on its own; it runs in
+// envd-proc. make swap-envd-proc swaps it into a running bundle (hot-swap),
+// and envd-proc --standalone --port N serves process.Process alone for
+// debugging. The bundle itself ships cmd/envd-init
+// under this name (docs/development.md).
 package main
 
 import (

@@ -1,5 +1,7 @@
-// Package app wires envd-init: flags, the sandbox state, the reaper, the
-// plugin supervisor, the host API and the front door.
+// Package app wires envd-init and runs in envd-init: its flags, the sandbox
+// state, the reaper, the cgroup layout, the plugin supervisor, the host API and
+// the front door, brought up plugins first (they take longest) and stopped
+// plugins first (ending user work is what ends open streams).
 package app
 
 import (

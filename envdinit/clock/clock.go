@@ -1,6 +1,6 @@
 // Package clock steps the guest's wall clock to the host's time on /init
-// (WIRE.md §9.3, E2B flavor). The interface exists so tests and the Wrenn
-// flavor never touch the real CLOCK_REALTIME.
+// (WIRE.md §9.3, E2B flavor); it runs in envd-init. The interface exists so
+// tests and the Wrenn flavor never touch the real CLOCK_REALTIME.
 package clock
 
 import (

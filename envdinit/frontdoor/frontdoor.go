@@ -1,8 +1,10 @@
-// Package frontdoor is envd-init's listener: one port serving HTTP/1.1 and
-// h2c, CORS, the access-token gate, caller identity, the host endpoints, and
-// the proxy that passes every Connect, gRPC and gRPC-Web call to the plugin
-// that owns it. /files is reverse-proxied to envd-fs over a Unix socket so
-// bulk bytes are never re-framed as gRPC messages (PLUGIN_COSTS.md).
+// Package frontdoor is envd-init's listener and runs in envd-init: one port
+// serving HTTP/1.1 and h2c, CORS, the access-token gate, caller identity, the
+// host endpoints, and the proxy that passes every Connect, gRPC and gRPC-Web
+// call to the plugin that owns it. /files and ListDir over HTTP/1 are handed
+// to envd-fs with the client's connection itself, so their bytes never cross
+// envd-init; h2c requests, and requests while envd-fs is down, go through a
+// reverse proxy over envd-fs's Unix socket (docs/architecture.md).
 package frontdoor
 
 import (

@@ -1,6 +1,8 @@
 // Package hostapi is the part of envd-init that the host side drives
-// (WIRE.md §4.1, §7, §8, §9): /health, /metrics, /envs, /init,
-// /snapshot/prepare, the access-token gate and the /files URL signatures.
+// (WIRE.md §4.1, §7, §8, §9); it runs in envd-init. It owns /health,
+// /metrics, /envs, /init, /snapshot/prepare and the post-restore recovery, the
+// access-token gate and the /files URL signatures, and the flavor differences
+// of those endpoints (docs/compatibility.md).
 package hostapi
 
 import (

@@ -1,6 +1,7 @@
 // Package logexport ships envd's JSON log lines to the host's log
-// collector inside Firecracker (WIRE §9.10): each line, with the sandbox's
-// instanceID and envID added, is POSTed to the `address` MMDS publishes.
+// collector inside Firecracker (WIRE §9.10); it runs in envd-init, which
+// carries its plugins' lines too. Each line, with the sandbox's instanceID and
+// envID added, is POSTed to the `address` MMDS publishes.
 // The collector is found only after MMDS answers and may be slow or gone,
 // so lines wait in a bounded buffer and a failed line is dropped, never
 // retried forever: logging must not cost the sandbox memory or block it.

@@ -1,6 +1,7 @@
 // Package metrics serves GET /metrics (WIRE.md §7.2, §9.2) from a background
-// sampler: the handler only copies the newest cached sample, so it never
-// blocks on /proc and the CPU figure does not depend on how often it is polled.
+// sampler; it runs in envd-init. The handler only copies the newest cached
+// sample, so it never blocks on /proc and the CPU figure does not depend on how
+// often it is polled.
 package metrics
 
 import (

@@ -1,7 +1,7 @@
 // Package mmds reads the sandbox identity from Firecracker's metadata
 // service (WIRE.md §9.1) and publishes it as run-dir files and internal env
-// vars. Every key of the metadata object is optional: Wrenn's host agent
-// writes only instanceID and envID.
+// vars; it runs in envd-init. Every key of the metadata object is optional:
+// Wrenn's host agent writes only instanceID and envID.
 package mmds
 
 import (

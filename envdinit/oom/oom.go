@@ -1,6 +1,6 @@
-// Package oom adjusts how the kernel's OOM killer ranks processes: envd's own
-// processes must survive memory pressure (a dead PID 1 is a kernel panic),
-// user processes go first.
+// Package oom adjusts how the kernel's OOM killer ranks processes; it runs in
+// envd-init. envd's own processes must survive memory pressure (a dead PID 1 is
+// a kernel panic), user processes go first.
 package oom
 
 import (

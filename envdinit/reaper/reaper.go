@@ -1,4 +1,4 @@
-// Package reaper is envd-init's single reaper (ARCHITECTURE principle 3).
+// Package reaper is envd-init's single reaper and runs in envd-init.
 // As PID 1, or as a child subreaper outside a VM, envd-init inherits every
 // orphan; one loop reaps all children with wait4(-1) and publishes their exit
 // statuses. Nothing else in envd-init may wait on a pid: a child started

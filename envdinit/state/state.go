@@ -1,6 +1,6 @@
-// Package state is envd-init's truth about the sandbox: defaults, env vars,
-// identity and the access token. Plugins get a copy (a control.Config) on
-// every start and every change; they never own any of it.
+// Package state is envd-init's truth about the sandbox and runs in envd-init:
+// defaults, env vars, identity and the access token. Plugins get a copy (a
+// control.Config) on every start and every change; they never own any of it.
 package state
 
 import (

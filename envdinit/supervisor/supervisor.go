@@ -1,7 +1,8 @@
-// Package supervisor starts envd-init's plugins with hashicorp/go-plugin,
-// keeps each one running (restart with capped exponential backoff), pushes
-// the sandbox defaults to it on every start and change, and hands out its
-// gRPC connection to the proxy, waiting a bounded time while it is down.
+// Package supervisor starts envd-init's plugins with hashicorp/go-plugin and
+// runs in envd-init. It keeps each plugin running (restart with capped
+// exponential backoff), holds envd-fs and envd-net back until envd-proc is up,
+// pushes the sandbox defaults to each on every start and change, and hands out
+// its gRPC connection to the proxy, waiting a bounded time while it is down.
 package supervisor
 
 import (

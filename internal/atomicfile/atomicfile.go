@@ -1,6 +1,7 @@
 // Package atomicfile replaces small files so that readers never see a
 // partial one (a half-written CA bundle, a truncated sandbox id) and a
-// read-only previous file is no obstacle.
+// read-only previous file is no obstacle. It runs in envd-init (host API and
+// MMDS identity files).
 package atomicfile
 
 import (

@@ -1,5 +1,7 @@
-// Package cgroups places user processes into cgroup v2 groups at spawn time
-// (clone3 CLONE_INTO_CGROUP), shared/spec/WIRE.md §9.5.
+// Package cgroups places processes into cgroup v2 groups at spawn time
+// (clone3 CLONE_INTO_CGROUP, WIRE.md §9.5). It runs in envd-init, which sets up
+// the layout and spawns envd-net into the forwarder group, and in envd-proc,
+// which spawns user processes into the PTY and user groups.
 package cgroups
 
 // Kind names a group of processes with its own resource policy.

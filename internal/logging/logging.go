@@ -1,6 +1,6 @@
-// Package logging builds the zap logger every envd process uses: JSON lines
-// on stderr, which envd-init reads back from its plugins and re-logs with
-// the plugin's name.
+// Package logging builds the zap logger; it runs in every process. Each
+// writes JSON lines on stderr, which envd-init reads back from its plugins and
+// re-logs with the plugin's name.
 package logging
 
 import (

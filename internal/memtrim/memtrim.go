@@ -1,8 +1,9 @@
-// Package memtrim hands a process's free heap back to the OS once it goes
-// idle after a burst of work. Thousands of VMs run the envd tree; Go's
-// background scavenger returns memory only slowly, and an idle envd should
-// cost as little as it did before its last burst (PLUGIN_COSTS.md: a host
-// went from 12.4 to 4.3 MiB RSS after a burst).
+// Package memtrim hands a process's free heap and its executable's untouched
+// pages back to the OS once it goes idle after a burst of work; it runs in
+// every process. Thousands of VMs run the envd tree; Go's background scavenger
+// returns memory only slowly, and an idle envd should cost as little as it did
+// before its last burst (docs/architecture.md: a host went from 12.4 to 4.3 MiB
+// RSS after a burst).
 package memtrim
 
 import (

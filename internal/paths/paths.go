@@ -1,7 +1,8 @@
 // Package paths resolves request paths the way every envd surface does
-// (shared/spec/WIRE.md §6.1): empty → default workdir, which then goes
-// through the same rules as any path; "~" → the user's home from passwd;
-// relative → joined onto the home and cleaned; absolute → as is.
+// (WIRE.md §6.1); it runs in envd-proc (cwd) and envd-fs (every path). Empty →
+// default workdir, which then goes through the same rules as any path; "~" →
+// the user's home from passwd; relative → joined onto the home and cleaned;
+// absolute → as is.
 package paths
 
 import (

@@ -1,6 +1,7 @@
 // Package resterr writes the REST error shape of the reference envd
 // (WIRE.md §7.0): the HTTP status, and a JSON body {"code": status,
-// "message": text} plus a newline, as application/json with nosniff.
+// "message": text} plus a newline, as application/json with nosniff. It runs in
+// envd-init (host endpoints, front door) and envd-fs (/files).
 package resterr
 
 import (

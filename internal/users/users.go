@@ -1,6 +1,7 @@
 // Package users reads /etc/passwd and /etc/group directly (no NSS), the way
 // the reference envd's pure-Go os/user does, and caches both files until they
 // change so that hot paths (ListDir owner names, every Start) pay no parse.
+// It runs in envd-init (Basic user checks), envd-proc and envd-fs.
 package users
 
 import (

@@ -1,6 +1,7 @@
-// Package filesystem is envd-fs's logic: the filesystem.Filesystem service
-// (WIRE §6) as a service.Filesystem, and the /files HTTP endpoints (WIRE
-// §7.6–7.8) as an http.Handler. Transports are adapters around these.
+// Package filesystem is envd-fs's logic and runs in envd-fs: the
+// filesystem.Filesystem service (WIRE §6) as a service.Filesystem, directory
+// watchers, and the /files HTTP endpoints (WIRE §7.6–7.8) as an http.Handler.
+// Transports are adapters around these.
 //
 // Every operation runs as this process (root in a sandbox); the caller's user
 // only chooses the home directory for path resolution and the ownership of

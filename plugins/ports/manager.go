@@ -1,7 +1,8 @@
 // Package ports makes TCP services that listen only on loopback inside the VM
-// reachable on the VM's external address (WIRE §9.6): a Scanner reads
-// /proc/net/tcp{,6} every interval and a Manager keeps one in-process forward
-// per loopback-only port, relaying connections with splice(2). envd-net runs it.
+// reachable on the VM's external address (WIRE §9.6); it runs in envd-net. A
+// Scanner reads /proc/net/tcp{,6} every interval and a Manager keeps one
+// in-process forward per loopback-only port, relaying connections with
+// splice(2).
 package ports
 
 import (

@@ -1,12 +1,12 @@
-// Package process is envd-proc's process service (shared/spec/WIRE.md §5):
-// it starts user commands in pipe or PTY mode, fans their output out to any
-// number of streams, and takes input, resizes and signals for them.
+// Package process is envd-proc's process service (WIRE §5) and runs in
+// envd-proc: it starts user commands in pipe or PTY mode, fans their output
+// out to any number of streams, and takes input, resizes and signals for them.
 //
 // The process table belongs to the Service, not to any RPC: a Start stream
 // that ends (client gone, deadline hit) leaves its process running, and each
 // process has one lifecycle goroutine that drains its output, reaps it
 // through its own exec.Cmd (never wait4(-1): envd-init is the one reaper of
-// orphans, ARCHITECTURE principle 3) and publishes the end event.
+// orphans) and publishes the end event.
 package process
 
 import (

@@ -1,6 +1,7 @@
 // Command bench measures the envd tree against its limits and prints a table
-// (make bench). Ratios are taken inside one run: the machine is shared and
-// noisy, so absolute figures move between runs while ratios hold.
+// (make bench). Test-only: it runs in no envd process, it starts the bundle.
+// Ratios are taken inside one run: the machine is shared and noisy, so
+// absolute figures move between runs while ratios hold.
 package main
 
 import (

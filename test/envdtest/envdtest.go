@@ -1,5 +1,6 @@
 // Package envdtest starts the real envd bundle for integration tests and
 // benchmarks, and builds the clients of every protocol envd serves.
+// Test-only: no envd process imports it.
 package envdtest
 
 import (

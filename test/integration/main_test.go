@@ -1,6 +1,6 @@
 // Package integration drives the real envd bundle (envd-init and its three
 // plugins) through its public port with Connect-JSON, Connect-proto,
-// gRPC-Web and gRPC clients.
+// gRPC-Web and gRPC clients. Test-only.
 package integration
 
 import (

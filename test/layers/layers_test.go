@@ -1,7 +1,8 @@
 // Package layers checks that the module's layers point one way:
-// cmd/ → envdinit/ → plugins/ → internal/ (docs/architecture.md). A package
+// cmd/ → envdinit/ → plugins/ → internal/ (docs/development.md). A package
 // that imports upwards fails here, so the folder names keep telling a reader
-// which code runs in which process and which code is shared.
+// which code runs in which process and which code is shared. It also checks
+// that every package's doc comment says where it runs. Test-only.
 package layers
 
 import (

@@ -1,4 +1,6 @@
-// Package plugin (runs in envd-fs) makes the filesystem service and /files the envd-fs plugin.
+// Package plugin (runs in envd-fs) makes the filesystem service and /files the
+// envd-fs plugin: control API, gRPC registration, standalone mount, and the
+// HTTP handler that envd-init's handoff and proxy reach.
 package plugin
 
 import (

@@ -1,4 +1,5 @@
-// Package watch is a recursive directory watcher on raw inotify.
+// Package watch is a recursive directory watcher on raw inotify; it runs in
+// envd-fs.
 //
 // It is used instead of fsnotify because fsnotify on Linux watches one
 // directory per Add (no recursion, so new subdirectories would have to be

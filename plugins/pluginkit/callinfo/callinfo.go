@@ -1,6 +1,7 @@
 // Package callinfo carries the per-call identity and options that envd-init
 // resolves at the front door (the caller's user, the keepalive interval)
-// through the context, and across the gRPC hop to a plugin as metadata.
+// through the context, and across the gRPC hop to a plugin as metadata. It
+// runs in envd-init (which writes it), envd-proc and envd-fs (which read it).
 package callinfo
 
 import (

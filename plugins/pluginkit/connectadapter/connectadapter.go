@@ -1,8 +1,10 @@
 // Package connectadapter serves the service interfaces as Connect handlers:
 // Connect (JSON and proto), gRPC and gRPC-Web with connect-go's default
-// options, which is what the reference envd does (WIRE.md §2.1). It is used by
-// envd-init's front door (around the proxy clients) and by a plugin run
-// standalone (around the real implementation).
+// options, which is what the reference envd does (WIRE.md §2.1), plus the
+// identity interceptor, a fast ListDir JSON codec and gzip at BestSpeed. It
+// runs in envd-init (the front door, around the proxy clients), in envd-fs
+// (connections handed over to it, around the real service) and in any plugin
+// run standalone.
 package connectadapter
 
 import (

@@ -1,7 +1,8 @@
-// Package contract is the agreement between envd-init and its plugins: the
-// go-plugin handshake, the plugin names, the one go-plugin Plugin every
-// envd plugin exposes (a gRPC server carrying its public service and the
-// control API), and the control service glue.
+// Package contract is the agreement between envd-init and its plugins, so it
+// runs in every process: the go-plugin handshake, the plugin names, the one
+// go-plugin Plugin every envd plugin exposes (a gRPC server carrying its
+// public service and the control API), the gRPC options of the hop, and the
+// control service glue.
 package contract
 
 import (

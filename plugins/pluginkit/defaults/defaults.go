@@ -1,6 +1,6 @@
 // Package defaults holds a plugin's copy of the sandbox defaults that
-// envd-init pushes over the control API (principle 2: envd-init owns the
-// truth; a plugin only keeps the newest copy it was given).
+// envd-init pushes over the control API; it runs in every plugin. envd-init
+// owns the truth; a plugin only keeps the newest copy it was given.
 package defaults
 
 import (

@@ -1,6 +1,7 @@
 // Package grpcadapter carries the service interfaces across the go-plugin
-// gRPC hop: a gRPC server around a service implementation (plugin side) and a
-// service implementation that calls a plugin (envd-init side).
+// gRPC hop: a gRPC server around a service implementation (it runs in envd-proc
+// and envd-fs) and a service implementation that calls a plugin (it runs in
+// envd-init), with one retry for a call the plugin provably never saw.
 //
 // Connect and gRPC share their status codes, so a *connect.Error crosses the
 // hop as a gRPC status with the same code and message and is rebuilt on the

@@ -1,9 +1,10 @@
 // Package handoff passes a client's TCP connection from envd-init to a
 // plugin (SCM_RIGHTS over a Unix seqpacket socket), together with the bytes
-// envd-init already read from it. The plugin then serves the request on the
-// client's own socket: bulk file bytes cross no extra process and no extra
-// copy, and downloads can use sendfile (PLUGIN_COSTS.md: a re-framing hop
-// runs at a third of the direct speed).
+// envd-init already read from it. It runs in envd-init (the sender) and
+// envd-fs (the receiver). The plugin then serves the request on the client's
+// own socket: bulk file bytes cross no extra process and no extra copy, and
+// downloads can use sendfile (docs/architecture.md: a re-framing hop ran at a
+// third of the direct speed).
 //
 // A message is: uvarint length, then response headers the plugin must add
 // (HTTP header block: CORS headers envd-init's middleware already decided),

@@ -1,8 +1,9 @@
-// Package pluginmain is the shared main of every envd plugin: under envd-init
-// it serves go-plugin gRPC (public service + control API) and, when the
-// plugin has one, a plain HTTP server on a private Unix socket; with
-// --standalone it serves its own service directly on a TCP port for
-// debugging, through the same code.
+// Package pluginmain is the shared main of every envd plugin and runs in every
+// plugin: under envd-init it serves go-plugin gRPC (public service + control
+// API) and, when the plugin has one, a plain HTTP server and a handoff socket
+// on private Unix sockets; with --standalone it serves its own service
+// directly on a TCP port for debugging, through the same code. It also runs
+// the plugin's idle trim.
 package pluginmain
 
 import (

@@ -1,4 +1,6 @@
-// Package service declares the two public services as plain Go interfaces.
+// Package service declares the two public services as plain Go interfaces. It
+// runs in envd-init (whose proxy clients implement them) and in envd-proc and
+// envd-fs (whose services implement them).
 //
 // The process and filesystem logic is written once against these interfaces;
 // every transport (the go-plugin gRPC server, the standalone Connect server,

@@ -1,6 +1,6 @@
-// Package plugin (runs in envd-net) makes the port subsystem the envd-net plugin. It serves
-// no public RPC: envd-init drives it through the control API (config,
-// snapshot prepare and restore).
+// Package plugin (runs in envd-net) makes the port subsystem the envd-net
+// plugin. It serves no public RPC: envd-init drives it through the control API
+// (config, snapshot prepare and restore).
 package plugin
 
 import (

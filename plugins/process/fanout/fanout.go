@@ -1,11 +1,10 @@
 // Package fanout copies a stream of chunks to any number of subscribers
 // without ever letting a slow subscriber block the producer while another
-// can still take chunks
-// (ARCHITECTURE principle 6): each subscriber has a queue bounded in bytes
-// (each chunk also costs a fixed overhead, so a flood of tiny chunks is
-// bounded too), and Publish never waits on it. A chunk that can be merged
-// into the newest queued one is (same kind of output, small enough), so a
-// program that flushes byte by byte costs bytes, not queue entries.
+// can still take chunks; it runs in envd-proc. Each subscriber has a queue
+// bounded in bytes (each chunk also costs a fixed overhead, so a flood of tiny
+// chunks is bounded too), and Publish never waits on it. A chunk that can be
+// merged into the newest queued one is (same kind of output, small enough), so
+// a program that flushes byte by byte costs bytes, not queue entries.
 //
 // What happens when a subscriber's queue is full is the hub's Policy:
 //

@@ -1,4 +1,5 @@
-// Package plugin (runs in envd-proc) makes the process service the envd-proc plugin.
+// Package plugin (runs in envd-proc) makes the process service the envd-proc
+// plugin: control API, cgroup setup, gRPC registration and standalone mount.
 package plugin
 
 import (
