@@ -11,7 +11,7 @@ PLUGINS   := envd-proc envd-fs envd-net
 # grpcnotrace: grpc without x/net/trace (and its html/template): smaller, faster to start.
 TAGS      := grpcnotrace
 
-.PHONY: all build run test test-go test-conformance gen gen-check vet bench fuzz swap-% clean
+.PHONY: all build run test test-go test-conformance gen vet bench fuzz swap-% clean
 
 all: build
 

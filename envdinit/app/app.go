@@ -189,14 +189,15 @@ func run(cfg Config, log *zap.Logger, export *logexport.Exporter) error {
 	if err != nil {
 		return fmt.Errorf("listen on port %d: %w", cfg.Port, err)
 	}
+	// Before the first plugin starts: children inherit oom_score_adj.
+	if err := oom.Protect(0); err != nil {
+		log.Warn("cannot protect envd from the OOM killer", zap.Error(err))
+	}
 	// Plugins take the longest to come up: start them before anything else.
 	sup.Start()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	if err := oom.Protect(0); err != nil {
-		log.Warn("cannot protect envd from the OOM killer", zap.Error(err))
-	}
 	sampler := metrics.NewSampler(log.Named("metrics"), time.Second, metrics.WithMemCache(cfg.Flavor == state.FlavorE2B))
 	go sampler.Run(ctx)
 	var mmdsClient *mmds.Client
