@@ -50,6 +50,14 @@ func (t tracing) RoundTrip(req *http.Request) (*http.Response, error) {
 	return res, nil
 }
 
+// CloseIdleConnections lets http.Client.CloseIdleConnections reach the
+// transport under the tracer.
+func (t tracing) CloseIdleConnections() {
+	if c, ok := t.next.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
 type tracedBody struct {
 	io.ReadCloser
 	tr *trace

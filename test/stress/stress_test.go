@@ -211,6 +211,9 @@ func TestStress(t *testing.T) {
 			t.Errorf("round %d: %d calls still running %v after the round ended", r, inflight.Load(), 3*(filesDeadline+hangGrace))
 			<-done
 		}
+		for _, w := range workers {
+			w.c.closeIdle()
+		}
 		measured = append(measured, settle(t, e, pidOf, fmt.Sprintf("round %d", r), true))
 		t.Logf("round %d: %d calls so far, %d kills, %d stops", r, tl.calls.Load(), ch.total(ch.kills), ch.total(ch.stops))
 	}

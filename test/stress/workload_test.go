@@ -76,6 +76,15 @@ type clients struct {
 	pc    processconnect.ProcessClient
 	fc    filesystemconnect.FilesystemClient
 	files *http.Client // /files always goes over HTTP/1.1
+	all   []*http.Client
+}
+
+// closeIdle drops the client's keep-alive connections, so that envd-init's
+// fd count measures envd-init, not how many idle connections clients hold.
+func (c *clients) closeIdle() {
+	for _, hc := range c.all {
+		hc.CloseIdleConnections()
+	}
 }
 
 func newClients(base string, kind int) *clients {
@@ -84,7 +93,7 @@ func newClients(base string, kind int) *clients {
 	h2t.Protocols = new(http.Protocols)
 	h2t.Protocols.SetUnencryptedHTTP2(true)
 	h2 := &http.Client{Transport: tracing{h2t}}
-	c := &clients{files: h1}
+	c := &clients{files: h1, all: []*http.Client{h1, h2}}
 	var client *http.Client
 	var opts []connect.ClientOption
 	switch kind % 4 {
