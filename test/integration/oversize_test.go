@@ -30,15 +30,15 @@ type liveStreams struct {
 	dir     string
 	watch   chan string // names of watch events
 	output  chan struct{}
-	watchMu chan error // end of the watch stream
-	startMu chan error // end of the Start stream
+	watchEnd chan error // end of the watch stream
+	startEnd chan error // end of the Start stream
 	n       int
 }
 
 func startLiveStreams(t *testing.T, ctx context.Context, e *envdtest.Envd) *liveStreams {
 	t.Helper()
 	ls := &liveStreams{dir: t.TempDir(), watch: make(chan string, 1024), output: make(chan struct{}, 1024),
-		watchMu: make(chan error, 1), startMu: make(chan error, 1)}
+		watchEnd: make(chan error, 1), startEnd: make(chan error, 1)}
 	fsc := filesystemconnect.NewFilesystemClient(&http.Client{Transport: &http.Transport{}}, e.URL)
 	ws, err := fsc.WatchDir(ctx, connect.NewRequest(&fspb.WatchDirRequest{Path: ls.dir, Recursive: true}))
 	if err != nil {
@@ -57,7 +57,7 @@ func startLiveStreams(t *testing.T, ctx context.Context, e *envdtest.Envd) *live
 				}
 			}
 		}
-		ls.watchMu <- fmt.Errorf("watch stream ended: %w", ws.Err())
+		ls.watchEnd <- fmt.Errorf("watch stream ended: %w", ws.Err())
 	}()
 	pc := processconnect.NewProcessClient(&http.Client{Transport: &http.Transport{}}, e.URL)
 	ss, err := pc.Start(ctx, connect.NewRequest(&procpb.StartRequest{Process: sh("while :; do echo tick; sleep 0.1; done")}))
@@ -82,7 +82,7 @@ func startLiveStreams(t *testing.T, ctx context.Context, e *envdtest.Envd) *live
 				}
 			}
 		}
-		ls.startMu <- fmt.Errorf("start stream ended: %w", ss.Err())
+		ls.startEnd <- fmt.Errorf("start stream ended: %w", ss.Err())
 	}()
 	return ls
 }
@@ -105,9 +105,9 @@ func (ls *liveStreams) check(t *testing.T, after string) {
 		select {
 		case n := <-ls.watch:
 			seen = n == name
-		case err := <-ls.watchMu:
+		case err := <-ls.watchEnd:
 			t.Fatalf("after %s: %v", after, err)
-		case err := <-ls.startMu:
+		case err := <-ls.startEnd:
 			t.Fatalf("after %s: %v", after, err)
 		case <-timeout:
 			t.Fatalf("after %s: watch event %s not seen", after, name)
@@ -115,7 +115,7 @@ func (ls *liveStreams) check(t *testing.T, after string) {
 	}
 	select {
 	case <-ls.output:
-	case err := <-ls.startMu:
+	case err := <-ls.startEnd:
 		t.Fatalf("after %s: %v", after, err)
 	case <-timeout:
 		t.Fatalf("after %s: no process output", after)
