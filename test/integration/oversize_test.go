@@ -27,12 +27,12 @@ const maxErrorMessage = 8 << 10
 // liveStreams are other clients' streams, each on its own connection: a
 // recursive WatchDir and a Start that prints a line every 100 ms.
 type liveStreams struct {
-	dir     string
-	watch   chan string // names of watch events
-	output  chan struct{}
+	dir      string
+	watch    chan string // names of watch events
+	output   chan struct{}
 	watchEnd chan error // end of the watch stream
 	startEnd chan error // end of the Start stream
-	n       int
+	n        int
 }
 
 func startLiveStreams(t *testing.T, ctx context.Context, e *envdtest.Envd) *liveStreams {
