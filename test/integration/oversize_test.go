@@ -276,6 +276,23 @@ func TestOversizedInputIsContained(t *testing.T) {
 	}
 }
 
+// TestMessageOverHopLimit: a message larger than the hop carries
+// (contract.MaxMessageSize, 64 MiB) is refused at the front door with
+// resource_exhausted before envd-init buffers it, and the other clients'
+// streams continue.
+func TestMessageOverHopLimit(t *testing.T) {
+	e := envdtest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ls := startLiveStreams(t, ctx, e)
+	fc := filesystemconnect.NewFilesystemClient(http.DefaultClient, e.URL)
+	_, err := fc.Stat(ctx, connect.NewRequest(&fspb.StatRequest{Path: "/tmp/" + strings.Repeat("c", 65<<20)}))
+	if connect.CodeOf(err) != connect.CodeResourceExhausted {
+		t.Errorf("65 MiB Stat: %v", err)
+	}
+	ls.check(t, "a 65 MiB Stat")
+}
+
 // TestErrorMessageBounded is the 200 KB case: an input well under any
 // transport limit still comes back as a bounded error, its echo cut and
 // marked.
