@@ -11,7 +11,7 @@ PLUGINS   := envd-proc envd-fs envd-net
 # grpcnotrace: grpc without x/net/trace (and its html/template): smaller, faster to start.
 TAGS      := grpcnotrace
 
-.PHONY: all build run test test-go test-conformance gen vet bench fuzz swap-% clean
+.PHONY: all build run test test-go test-conformance gen vet bench fuzz fuzz-short stress swap-% clean
 
 all: build
 
@@ -50,6 +50,16 @@ bench: build
 
 fuzz:
 	bash scripts/fuzz.sh
+
+# Every fuzz target for a few seconds each (CI-sized; see scripts/fuzz.sh).
+fuzz-short:
+	FUZZTIME=$(or $(FUZZTIME),5s) bash scripts/fuzz.sh
+
+# The stress and fault suite for STRESS_DURATION of load (test/stress; its
+# short mode runs in make test).
+STRESS_DURATION ?= 2m
+stress: build
+	ENVD_BUNDLE=$(CURDIR)/$(BIN) STRESS_DURATION=$(STRESS_DURATION) $(GO) test -count=1 -v -timeout 60m -run '^TestStress$$' ./test/stress
 
 clean:
 	rm -rf $(BIN)

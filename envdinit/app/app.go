@@ -60,6 +60,7 @@ type Config struct {
 
 // Main runs envd-init and returns its exit code.
 func Main(args []string) int {
+	fdErr := closeInheritedOnExec()
 	cfg, code, done := parseFlags(args)
 	if done {
 		return code
@@ -74,6 +75,9 @@ func Main(args []string) int {
 	}
 	log := logging.New(cfg.Verbose, also...).Named("envd-init")
 	defer func() { _ = log.Sync() }()
+	if fdErr != nil {
+		log.Warn("inherited fds may leak into plugins and user processes", zap.Error(fdErr))
+	}
 	if err := run(cfg, log, export); err != nil {
 		log.Error("envd-init failed", zap.Error(err))
 		return 1

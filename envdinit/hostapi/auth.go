@@ -7,8 +7,6 @@ import (
 	"github.com/envd-project/envd/internal/resterr"
 	"net/http"
 	"strconv"
-
-	"github.com/envd-project/envd/envdinit/state"
 )
 
 // Messages of §4.1 and §7.5; clients and tests match on them.
@@ -26,15 +24,18 @@ const (
 )
 
 // exempt is the exact method+path list of §4.1 that needs no token.
-func (a *API) exempt(r *http.Request) bool {
+func (*API) exempt(r *http.Request) bool {
 	switch r.Method + r.URL.Path {
 	case "GET/health", "GET/files", "POST/files", "POST/init":
 		return true
-	case "POST/snapshot/prepare":
-		// Wrenn's host agent calls it without a token; E2B has no such
-		// route, so there it is gated like every other endpoint.
-		return a.flavor == state.FlavorWrenn
 	}
+	// POST /snapshot/prepare is exempt in Wrenn's envd (WIRE §4.1), but
+	// without a token it lets any sandbox user stop port forwarding until
+	// the next /init. Gating it costs no client anything: Wrenn's host agent
+	// never sets a token (WIRE §7.4: it sends no accessToken) and so finds
+	// the gate open, and no client that sets one calls this route; should a
+	// token be set anyway, the agent treats a failed prepare as non-fatal
+	// (§7.9).
 	return false
 }
 

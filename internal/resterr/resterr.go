@@ -8,14 +8,17 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+
+	"github.com/envd-project/envd/internal/errmsg"
 )
 
-// Body is the error body for status and msg.
+// Body is the error body for status and msg, the message bounded
+// (errmsg.Max): it often echoes a path from the query.
 func Body(status int, msg string) []byte {
 	b, _ := json.Marshal(struct {
 		Code    int    `json:"code"`
 		Message string `json:"message"`
-	}{status, msg})
+	}{status, errmsg.Bound(msg)})
 	return append(b, '\n')
 }
 

@@ -140,8 +140,26 @@ func Start(tb testing.TB, flags ...string) *Envd {
 	return e
 }
 
+// StartWithFiles is Start with files envd-init inherits from its launcher
+// (as fds 3, 4, …, not close-on-exec).
+func StartWithFiles(tb testing.TB, files []*os.File, flags ...string) *Envd {
+	tb.Helper()
+	e, err := startE(files, flags)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := e.Stop(); err != nil {
+			tb.Errorf("stopping envd: %v\n%s", err, e.Log())
+		}
+	})
+	return e
+}
+
 // StartE is Start without a testing.TB (benchmarks, tools).
-func StartE(flags ...string) (*Envd, error) {
+func StartE(flags ...string) (*Envd, error) { return startE(nil, flags) }
+
+func startE(files []*os.File, flags []string) (*Envd, error) {
 	dir, err := Bundle()
 	if err != nil {
 		return nil, err
@@ -157,6 +175,7 @@ func StartE(flags ...string) (*Envd, error) {
 	e := &Envd{Port: port, URL: fmt.Sprintf("http://127.0.0.1:%d", port), log: &lockedBuffer{}, done: make(chan struct{})}
 	e.Cmd = exec.Command(filepath.Join(dir, "envd-init"), args...)
 	e.Cmd.Stdout, e.Cmd.Stderr = e.log, e.log
+	e.Cmd.ExtraFiles = files
 	e.Cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := e.Cmd.Start(); err != nil {
 		return nil, err

@@ -75,6 +75,9 @@ func TestAuthMatrixThroughTree(t *testing.T) {
 	for _, tc := range []struct{ method, path string }{
 		{"POST", "/process.Process/List"}, {"POST", "/filesystem.Filesystem/Stat"},
 		{"GET", "/metrics"}, {"GET", "/envs"}, {"POST", "/files/compose"},
+		// Wrenn flavor: gated once a token is set (issue 12), or any
+		// sandbox user could stop port forwarding.
+		{"POST", "/snapshot/prepare"},
 	} {
 		for _, tok := range []string{"", "wrong"} {
 			code, body := do(tc.method, tc.path, tok, strings.NewReader("{}"), "Content-Type", "application/json")
@@ -85,6 +88,13 @@ func TestAuthMatrixThroughTree(t *testing.T) {
 	}
 	if code, body := do("POST", "/process.Process/List", token, strings.NewReader("{}"), "Content-Type", "application/json"); code != http.StatusOK {
 		t.Errorf("RPC with the token: %d %s", code, body)
+	}
+	if code, body := do("POST", "/snapshot/prepare", token, nil); code != http.StatusNoContent {
+		t.Errorf("/snapshot/prepare with the token: %d %s", code, body)
+	}
+	// The next /init restores what prepare stopped.
+	if code := postInit(t, e, `{"accessToken":"`+token+`"}`, token); code != http.StatusNoContent {
+		t.Fatalf("/init after prepare: %d", code)
 	}
 	// gRPC callers need the token too.
 	for _, p := range envdtest.Protocols() {

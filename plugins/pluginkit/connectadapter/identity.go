@@ -26,7 +26,7 @@ const compressMinBytes = 1024
 // serves the public services (envd-init's front door, a standalone plugin).
 func HandlerOptions(db UserDB) []connect.HandlerOption {
 	return []connect.HandlerOption{
-		connect.WithInterceptors(Identity(db)),
+		connect.WithInterceptors(BoundErrors(), Identity(db)),
 		connect.WithCompressMinBytes(compressMinBytes),
 		// envd-init would buffer (and gunzip) a message of any size; nothing
 		// larger crosses the hop to a plugin anyway.

@@ -9,6 +9,7 @@ import (
 	"unicode/utf8"
 
 	"connectrpc.com/connect"
+	"github.com/envd-project/envd/internal/errmsg"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -89,7 +90,9 @@ func (c JSONCodec) Unmarshal(data []byte, message any) error {
 		return errors.New("zero-length payload is not a valid JSON object")
 	}
 	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(data, m); err != nil {
-		return fmt.Errorf("unmarshal into %T: %w", message, err)
+		// protojson quotes an offending value whole ("invalid value for
+		// uint32 field pid: …"): a client's megabyte must not come back.
+		return fmt.Errorf("unmarshal into %T: %s", message, errmsg.Bound(err.Error()))
 	}
 	return nil
 }

@@ -39,6 +39,16 @@ var Handshake = plugin.HandshakeConfig{
 // process input and file events can exceed gRPC's 4 MiB default.
 const MaxMessageSize = 64 << 20
 
+// MaxHeaderListSize is what each side of the hop advertises as the most
+// header bytes (metadata, status, trailers) it accepts on one call. grpc-go
+// checks a peer's advertised limit before it sends, so a call whose
+// trailer would be larger fails alone (RST_STREAM, internal) instead of
+// reaching the peer's HPACK decoder, where an oversized string is a
+// COMPRESSION_ERROR that tears down the connection every other call
+// shares. Messages are bounded far below it (errmsg.Max); this is the
+// guard for whatever escapes that.
+const MaxHeaderListSize = 1 << 20
+
 // The hop is a local Unix socket: a fixed, large flow-control window
 // needs no bandwidth-delay probing (grpc-go pings on every data frame to
 // size its window otherwise), and one shared write buffer per connection
@@ -52,6 +62,7 @@ func DialOptions() []grpc.DialOption {
 		grpc.WithInitialWindowSize(window),
 		grpc.WithInitialConnWindowSize(window),
 		grpc.WithSharedWriteBuffer(true),
+		grpc.WithMaxHeaderListSize(MaxHeaderListSize),
 	}
 }
 
@@ -62,6 +73,7 @@ func ServerOptions() []grpc.ServerOption {
 		grpc.InitialWindowSize(window),
 		grpc.InitialConnWindowSize(window),
 		grpc.SharedWriteBuffer(true),
+		grpc.MaxHeaderListSize(MaxHeaderListSize),
 	}
 }
 

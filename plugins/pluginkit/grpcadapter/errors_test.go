@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"connectrpc.com/connect"
+	"github.com/envd-project/envd/internal/errmsg"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -57,4 +58,25 @@ func TestTransportFailureNamesThePlugin(t *testing.T) {
 
 func errorsContains(err error, s string) bool {
 	return err != nil && strings.Contains(err.Error(), s)
+}
+
+func TestMessagesBoundedAcrossTheHop(t *testing.T) {
+	echo := strings.Repeat("p", 200<<10)
+	in := connect.NewError(connect.CodeNotFound, fmt.Errorf("file not found: %s", echo))
+	st := status.Convert(toStatus(in))
+	if st.Code() != codes.NotFound || len(st.Message()) > errmsg.Max || !strings.Contains(st.Message(), "bytes cut]") {
+		t.Fatalf("plugin side: %v, %d bytes", st.Code(), len(st.Message()))
+	}
+	// envd-init bounds what an unbounded peer would send, code kept.
+	out := fromStatus("envd-fs", status.Error(codes.InvalidArgument, echo))
+	var ce *connect.Error
+	if !errors.As(out, &ce) || ce.Code() != connect.CodeInvalidArgument || len(ce.Message()) > errmsg.Max {
+		t.Fatalf("envd-init side: %v", out)
+	}
+	if got := boundStatus(errors.New(echo)); status.Code(got) != codes.Unknown || len(status.Convert(got).Message()) > errmsg.Max {
+		t.Fatalf("plain error: %v", status.Code(got))
+	}
+	if got := boundStatus(status.Error(codes.Aborted, "short")); status.Convert(got).Message() != "short" {
+		t.Fatalf("short status changed: %v", got)
+	}
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/envd-project/envd/plugins/pluginkit/connectadapter"
 	"github.com/envd-project/envd/plugins/pluginkit/contract"
 	"github.com/envd-project/envd/plugins/pluginkit/defaults"
+	"github.com/envd-project/envd/plugins/pluginkit/grpcadapter"
 	"github.com/envd-project/envd/plugins/pluginkit/handoff"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
@@ -216,7 +217,9 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem) int {
 		}}},
 		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
 			opts = append(opts, contract.ServerOptions()...)
-			opts = append(opts, grpc.ChainUnaryInterceptor(trim.UnaryInterceptor), grpc.ChainStreamInterceptor(trim.StreamInterceptor))
+			// Outermost: bound whatever status a handler (or the trimmer) returns.
+			opts = append(opts, grpc.ChainUnaryInterceptor(grpcadapter.UnaryBoundErrors, trim.UnaryInterceptor),
+				grpc.ChainStreamInterceptor(grpcadapter.StreamBoundErrors, trim.StreamInterceptor))
 			return grpc.NewServer(opts...)
 		},
 		Logger: hclog.New(&hclog.LoggerOptions{Output: io.Discard, Level: hclog.Off}),
