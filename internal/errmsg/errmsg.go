@@ -3,7 +3,7 @@
 // travels in a gRPC trailer across the envd-init↔plugin hop and in a
 // client's response, where an unbounded echo costs memory and, in an
 // HTTP/2 header block, can break a connection that other calls share.
-// Used on both sides of the hop (envd-init and every plugin).
+// It runs in every process: both sides of the hop (envd-init and every plugin).
 package errmsg
 
 import (

@@ -1,4 +1,4 @@
-// Package stress is the stress and fault suite: it drives the real envd
+// Package stress is the stress and fault suite (Test-only): it drives the real envd
 // bundle (test/envdtest) with many concurrent clients, in every protocol,
 // making every RPC of process.Process and filesystem.Filesystem and every
 // /files call, while it kill -9s and SIGSTOP/SIGCONTs the plugins at
