@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -124,19 +125,30 @@ func (h *FilesHandler) download(w http.ResponseWriter, r *http.Request) {
 		jsonError(w, herr.code, herr.msg)
 		return
 	}
-	fi, err := os.Stat(p)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
-			jsonError(w, http.StatusNotFound, fmt.Sprintf("path '%s' does not exist", p))
-			return
-		}
-		jsonError(w, http.StatusInternalServerError, fmt.Sprintf("error checking if path exists: %v", err))
+	// Opened O_PATH first and reopened for reading only if it is a regular
+	// file: a FIFO, socket or device is never opened for I/O, so nothing
+	// can pin a thread in open(2) or read(2) (WIRE §7.6 lets us refuse them).
+	f, st, err := openRegular(unix.AT_FDCWD, p, unix.O_RDONLY, false)
+	switch {
+	case err == nil:
+	case errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR):
+		jsonError(w, http.StatusNotFound, fmt.Sprintf("path '%s' does not exist", p))
 		return
-	}
-	if fi.IsDir() {
+	case errors.Is(err, unix.EISDIR):
 		jsonError(w, http.StatusBadRequest, fmt.Sprintf("path '%s' is a directory", p))
 		return
+	case errors.Is(err, errNotRegular):
+		jsonError(w, http.StatusBadRequest, fmt.Sprintf("path '%s' is not a regular file", p))
+		return
+	case st == nil:
+		jsonError(w, http.StatusInternalServerError, fmt.Sprintf("error checking if path exists: %v", &fs.PathError{Op: "stat", Path: p, Err: err}))
+		return
+	default:
+		jsonError(w, http.StatusInternalServerError, fmt.Sprintf("error opening file '%s': %v", p, err))
+		return
 	}
+	defer f.Close()
+	modTime := time.Unix(st.Mtim.Sec, st.Mtim.Nsec)
 
 	w.Header().Add("Vary", "Accept-Encoding")
 	useGzip, ok := negotiateEncoding(r.Header.Values("Accept-Encoding"))
@@ -151,12 +163,6 @@ func (h *FilesHandler) download(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	f, err := os.Open(p)
-	if err != nil {
-		jsonError(w, http.StatusInternalServerError, fmt.Sprintf("error opening file '%s': %v", p, err))
-		return
-	}
-	defer f.Close()
 	name := filepath.Base(p)
 	w.Header().Set("Content-Disposition", mime.FormatMediaType("inline", map[string]string{"filename": name}))
 
@@ -164,7 +170,7 @@ func (h *FilesHandler) download(w http.ResponseWriter, r *http.Request) {
 		// ServeContent handles Range, conditionals and HEAD; with a known
 		// length the response writer hands the *os.File to the socket's
 		// ReadFrom, so the kernel moves the bytes (sendfile) on TCP.
-		http.ServeContent(w, r, name, fi.ModTime(), f)
+		http.ServeContent(w, r, name, modTime, f)
 		return
 	}
 	ctype := mime.TypeByExtension(filepath.Ext(p))
@@ -387,7 +393,11 @@ func (h *FilesHandler) upload(w http.ResponseWriter, r *http.Request) {
 					jsonError(w, http.StatusBadRequest, fmt.Sprintf("error decompressing request body: %v", err))
 					return
 				}
-				jsonError(w, http.StatusInternalServerError, fmt.Sprintf("error parsing multipart body: %v", err))
+				code := http.StatusInternalServerError
+				if malformedBody(err) {
+					code = http.StatusBadRequest // WIRE §7.7 has 500; a client's mistake is a 400
+				}
+				jsonError(w, code, fmt.Sprintf("error parsing multipart body: %v", err))
 				return
 			}
 			_, cd, _ := mime.ParseMediaType(part.header.Get("Content-Disposition"))
@@ -551,8 +561,9 @@ func (h *FilesHandler) compose(w http.ResponseWriter, r *http.Request) {
 		}
 		srcs[i] = p
 	}
-	if err := ensureDirs(filepath.Dir(dst), int(u.UID), int(u.GID)); err != nil {
-		jsonError(w, http.StatusInternalServerError, err.Error())
+	if err := ensureDirs(filepath.Dir(dst), u); err != nil {
+		herr := placeError(err, "error ensuring directories")
+		jsonError(w, herr.code, herr.msg)
 		return
 	}
 	if herr := concatFiles(dst, srcs, u); herr != nil {
@@ -596,10 +607,15 @@ func concatFiles(dst string, srcs []string, u *users.User) *httpError {
 		return errorf(http.StatusInternalServerError, "error changing ownership: %v", err)
 	}
 	for _, s := range srcs {
-		in, err := os.Open(s)
+		// Never an open that could block: the source may have been swapped
+		// for a FIFO since it was checked.
+		in, _, err := openRegular(unix.AT_FDCWD, s, unix.O_RDONLY, false)
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				return errorf(http.StatusNotFound, "source path '%s' does not exist", s)
+			}
+			if errors.Is(err, errNotRegular) || errors.Is(err, unix.EISDIR) {
+				return errorf(http.StatusBadRequest, "source path '%s' is not a regular file", s)
 			}
 			return errorf(http.StatusInternalServerError, "error opening source '%s': %v", s, err)
 		}

@@ -48,8 +48,8 @@ func (s *Service) MakeDir(ctx context.Context, req *fspb.MakeDirRequest) (*fspb.
 	case !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, unix.ENOTDIR):
 		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("error getting file info: %w", err))
 	}
-	if err := ensureDirs(p, int(u.UID), int(u.GID)); err != nil {
-		return nil, connect.NewError(connect.CodeInternal, err)
+	if err := ensureDirs(p, u); err != nil {
+		return nil, dirsError(err)
 	}
 	e, err := newNames(s.db).entryInfo(p)
 	if err != nil {
@@ -58,51 +58,13 @@ func (s *Service) MakeDir(ctx context.Context, req *fspb.MakeDirRequest) (*fspb.
 	return &fspb.MakeDirResponse{Entry: e}, nil
 }
 
-// ensureDirs creates every missing directory of dir with mode 0755 and
-// chowns each one it created to uid:gid (existing ones are left alone).
-func ensureDirs(dir string, uid, gid int) error {
-	if dir == "" {
-		return nil
+// dirsError gives ensureDirs' failure its code: permission_denied where
+// the user's own rights refused it (placer.go), internal otherwise (§6.5).
+func dirsError(err error) error {
+	if errors.As(err, new(*errPermission)) {
+		return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("permission denied: %w", err))
 	}
-	dir = filepath.Clean(dir)
-	// Find the deepest existing ancestor, collecting what is missing.
-	var missing []string
-	for p := dir; ; {
-		fi, err := os.Stat(p)
-		if err == nil {
-			if !fi.IsDir() {
-				return fmt.Errorf("path is a file: %s", p)
-			}
-			break
-		}
-		if errors.Is(err, unix.ENOTDIR) {
-			// A component above p is not a directory; keep climbing to name it.
-		} else if !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("error getting file info: %w", err)
-		}
-		missing = append(missing, p)
-		parent := filepath.Dir(p)
-		if parent == p {
-			break
-		}
-		p = parent
-	}
-	for i := len(missing) - 1; i >= 0; i-- {
-		p := missing[i]
-		if err := os.Mkdir(p, 0o755); err != nil {
-			if errors.Is(err, fs.ErrExist) {
-				if fi, serr := os.Stat(p); serr == nil && fi.IsDir() {
-					continue // made by someone else meanwhile
-				}
-				return fmt.Errorf("path is a file: %s", p)
-			}
-			return fmt.Errorf("error creating directory: %w", err)
-		}
-		if err := os.Lchown(p, uid, gid); err != nil {
-			return fmt.Errorf("error changing ownership of %s: %w", p, err)
-		}
-	}
-	return nil
+	return connect.NewError(connect.CodeInternal, err)
 }
 
 // Move is WIRE §6.6.
@@ -122,8 +84,8 @@ func (s *Service) Move(ctx context.Context, req *fspb.MoveRequest) (*fspb.MoveRe
 		}
 		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("error getting file info: %w", &fs.PathError{Op: "lstat", Path: src, Err: err}))
 	}
-	if err := ensureDirs(filepath.Dir(dst), int(u.UID), int(u.GID)); err != nil {
-		return nil, connect.NewError(connect.CodeInternal, err)
+	if err := ensureDirs(filepath.Dir(dst), u); err != nil {
+		return nil, dirsError(err)
 	}
 	if err := os.Rename(src, dst); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
