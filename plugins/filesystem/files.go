@@ -104,7 +104,7 @@ func (h *FilesHandler) lookupUser(name string) (*users.User, *httpError) {
 }
 
 func (h *FilesHandler) resolve(p string, u *users.User) (string, *httpError) {
-	r, err := paths.Resolve(p, u.Home, h.defs.Get().GetDefaultWorkdir())
+	r, err := paths.Resolve(fsPath(p), u.Home, h.defs.Get().GetDefaultWorkdir())
 	if err != nil {
 		return "", errorf(http.StatusBadRequest, "error resolving path '%s': %v", p, err)
 	}
@@ -451,7 +451,7 @@ func (h *FilesHandler) writePart(u *users.User, p string, part *multipartPart, m
 }
 
 func (h *FilesHandler) result(p string) uploadResult {
-	return uploadResult{Path: p, Name: filepath.Base(p), Type: "file", Metadata: newNames(h.db).metadata(p)}
+	return uploadResult{Path: wireName(p), Name: wireName(filepath.Base(p)), Type: "file", Metadata: newNames(h.db).metadata(p)}
 }
 
 // parseMetadata turns X-Metadata-<key> headers into metadata (WIRE §7.7 step 4).
@@ -577,7 +577,7 @@ func (h *FilesHandler) compose(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusOK)
-	json.NewEncoder(w).Encode(uploadResult{Path: dst, Name: filepath.Base(dst), Type: "file"})
+	json.NewEncoder(w).Encode(uploadResult{Path: wireName(dst), Name: wireName(filepath.Base(dst)), Type: "file"})
 }
 
 // concatFiles writes srcs in order into a temporary file beside dst, owned

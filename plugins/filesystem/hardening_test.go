@@ -21,6 +21,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"connectrpc.com/connect"
 	"golang.org/x/sys/unix"
@@ -456,3 +457,89 @@ func TestMalformedChunkedBody(t *testing.T) {
 		})
 	}
 }
+
+// Item 5: a name that is not UTF-8 no longer breaks ListDir or WatchDir;
+// it is carried escaped, and the escaped name works for Stat, download,
+// upload and Remove. Uploads report the same form.
+func TestNonUTF8Names(t *testing.T) {
+	s := newSvc(t, "")
+	srv := newFiles(t)
+	dir := t.TempDir()
+	st := startStream(t, s, context.Background(), &fspb.WatchDirRequest{Path: dir})
+	bad := filepath.Join(dir, "bad\xffname")
+	if err := os.WriteFile(bad, []byte("bytes"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const shown = "bad\uefffname"
+	st.waitFor(t, shown, fspb.EventType_EVENT_TYPE_CREATE)
+
+	ls, err := s.ListDir(context.Background(), &fspb.ListDirRequest{Path: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ls.Entries) != 1 || ls.Entries[0].Name != shown || ls.Entries[0].Path != filepath.Join(dir, shown) {
+		t.Fatalf("listing: %v", ls.Entries)
+	}
+	got := ls.Entries[0].Path
+	if _, err := s.Stat(context.Background(), &fspb.StatRequest{Path: got}); err != nil {
+		t.Fatalf("stat by the listed path: %v", err)
+	}
+	resp, body := do(t, mustReq(t, http.MethodGet, filesURL(srv, got), nil))
+	if resp.StatusCode != 200 || string(body) != "bytes" {
+		t.Fatalf("download by the listed path: %d %q", resp.StatusCode, body)
+	}
+	// An upload to the raw name (as a client sending %FF would) and to the
+	// escaped one both land on the same file and report the escaped name.
+	for _, p := range []string{bad, got} {
+		resp, body = do(t, octet(t, filesURL(srv, p), strings.NewReader("new")))
+		if resp.StatusCode != 200 || !strings.Contains(string(body), `"name":"`+shown+`"`) {
+			t.Fatalf("upload to %q: %d %s", p, resp.StatusCode, body)
+		}
+	}
+	if b, _ := os.ReadFile(bad); string(b) != "new" {
+		t.Fatalf("content %q", b)
+	}
+	// The stream stays open: later events still arrive.
+	os.WriteFile(filepath.Join(dir, "after"), nil, 0o644)
+	st.waitFor(t, "after", fspb.EventType_EVENT_TYPE_CREATE)
+	if _, err := s.Remove(context.Background(), &fspb.RemoveRequest{Path: got}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(bad); err == nil {
+		t.Fatal("not removed")
+	}
+
+	// A real name that holds a character of the escape range is shown
+	// escaped and found by both forms.
+	pua := filepath.Join(dir, "pua\uef80")
+	os.WriteFile(pua, nil, 0o644)
+	ls, err = s.ListDir(context.Background(), &fspb.ListDirRequest{Path: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ls.Entries {
+		if strings.HasPrefix(e.Name, "pua") {
+			if e.Name != "pua\uefee\uefbe\uef80" {
+				t.Fatalf("pua name %q", e.Name)
+			}
+			for _, p := range []string{e.Path, pua} {
+				if _, err := s.Stat(context.Background(), &fspb.StatRequest{Path: p}); err != nil {
+					t.Fatalf("stat %q: %v", p, err)
+				}
+			}
+		}
+	}
+}
+
+func TestWireNameRoundTrip(t *testing.T) {
+	for _, s := range []string{"", "plain", "bad\xffname", "\x80\x81", "é", "pua\uef80\uefff", "mix\xee\xbe", "\xee\xbe\x80\xc3"} {
+		w := wireName(s)
+		if !utf8Valid(w) {
+			t.Fatalf("%q → %q is not UTF-8", s, w)
+		}
+		if back := unescapeName(w); back != s {
+			t.Fatalf("%q → %q → %q", s, w, back)
+		}
+	}
+}
+func utf8Valid(s string) bool { return utf8.ValidString(s) }

@@ -178,9 +178,10 @@ const parallelMin = 512
 const statBlock = 128
 
 type statResult struct {
-	e   *fspb.EntryInfo
-	dir bool
-	err error
+	e    *fspb.EntryInfo
+	name string // the entry's name on disk (e.Name may be escaped)
+	dir  bool
+	err  error
 }
 
 // walk lists real (reporting paths under shown) in lexical pre-order, as
@@ -226,9 +227,9 @@ func (l *lister) walk(real, shown string, level int) error {
 		e := &entries[i]
 		nm.fill(e, &times[i], entryRef{dirfd: dirfd, name: name, path: path}, &st)
 		if !samePrefix {
-			e.Path = shownPrefix + name
+			e.Path = wireName(shownPrefix + name)
 		}
-		results[i] = statResult{e: e, dir: st.Mode&unix.S_IFMT == unix.S_IFDIR}
+		results[i] = statResult{e: e, name: name, dir: st.Mode&unix.S_IFMT == unix.S_IFDIR}
 	}
 	if workers := min(runtime.GOMAXPROCS(0), (len(list)+statBlock-1)/statBlock); len(list) >= parallelMin && workers > 1 {
 		var next atomic.Int64
@@ -268,7 +269,7 @@ func (l *lister) walk(real, shown string, level int) error {
 		}
 		l.out = append(l.out, r.e)
 		if r.dir && level < l.depth {
-			if err := l.walk(realPrefix+r.e.Name, r.e.Path, level+1); err != nil {
+			if err := l.walk(realPrefix+r.name, shownPrefix+r.name, level+1); err != nil {
 				return err
 			}
 		}

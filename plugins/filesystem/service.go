@@ -122,7 +122,7 @@ func (s *Service) user(ctx context.Context) (*users.User, error) {
 
 // resolve applies WIRE §6.1 for u.
 func (s *Service) resolve(p string, u *users.User) (string, error) {
-	r, err := paths.Resolve(p, u.Home, s.defs.Get().GetDefaultWorkdir())
+	r, err := paths.Resolve(fsPath(p), u.Home, s.defs.Get().GetDefaultWorkdir())
 	if err != nil {
 		return "", connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("invalid path '%s': %w", p, err))
 	}

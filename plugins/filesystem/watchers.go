@@ -109,7 +109,7 @@ var opType = [...]fspb.EventType{
 func toEvents(nm *names, root string, includeEntry bool, batch []watch.Event) []*fspb.FilesystemEvent {
 	out := make([]*fspb.FilesystemEvent, 0, len(batch))
 	for _, ev := range batch {
-		fe := &fspb.FilesystemEvent{Name: ev.Name, Type: opType[ev.Op]}
+		fe := &fspb.FilesystemEvent{Name: wireName(ev.Name), Type: opType[ev.Op]}
 		if includeEntry && (ev.Op == watch.Create || ev.Op == watch.Write || ev.Op == watch.Chmod) {
 			if e, err := nm.entryInfo(filepath.Join(root, ev.Name)); err == nil {
 				fe.Entry = e
