@@ -215,10 +215,10 @@ func (w *Watcher) addTree(rel string, report bool) ([]Event, error) {
 			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
 				return nil // vanished while we walked
 			}
-			if p == start {
-				return err
+			if p == start && rel == "" {
+				return err // the watched root itself cannot be listed
 			}
-			return nil
+			return nil // one unlistable directory: keep the rest of the tree
 		}
 		r := rel
 		if p != start {
@@ -235,10 +235,12 @@ func (w *Watcher) addTree(rel string, report bool) ([]Event, error) {
 		}
 		wd, err := unix.InotifyAddWatch(w.fd, p, subMask)
 		if err != nil {
-			if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
-				return filepath.SkipDir
+			if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.ENOMEM) {
+				return addErr(p, err) // out of watches: events would be lost silently
 			}
-			return addErr(p, err)
+			// Vanished, or one directory that cannot be watched (EACCES on
+			// /proc/1/fdinfo even for root): skip it, keep the rest.
+			return filepath.SkipDir
 		}
 		w.wds[int32(wd)] = r
 		return nil

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -300,4 +301,43 @@ func TestRecursiveThroughASymlinkedRoot(t *testing.T) {
 	os.WriteFile(filepath.Join(real, "sub", "x"), []byte("1"), 0o644)
 	os.WriteFile(filepath.Join(real, "marker"), nil, 0o644)
 	collect(t, w, 5*time.Second, func(e []Event) bool { return has(e, "marker", Create) && has(e, "sub/x", Create) })
+}
+
+// Issue 12: one directory that cannot be watched (inotify_add_watch gives
+// EACCES for /proc/1/fdinfo, even to root) is skipped; it used to end the
+// whole recursive watch.
+func TestUnwatchableSubdirIsSkipped(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: bind mounts need root")
+	}
+	dir := t.TempDir()
+	proc := filepath.Join(dir, "proc1")
+	os.Mkdir(proc, 0o755)
+	if out, err := exec.Command("mount", "--bind", "/proc/1", proc).CombinedOutput(); err != nil {
+		t.Skipf("skipping: %v %s", err, out)
+	}
+	defer exec.Command("umount", "-l", proc).Run()
+	w, err := New(dir, true)
+	if err != nil {
+		t.Fatalf("recursive watch with an unwatchable subdirectory: %v", err)
+	}
+	defer w.Close()
+	os.Mkdir(filepath.Join(dir, "later"), 0o755)
+	os.WriteFile(filepath.Join(dir, "f"), nil, 0o644)
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case b, ok := <-w.Events():
+			if !ok {
+				t.Fatalf("watcher ended: %v", w.Err())
+			}
+			for _, e := range b {
+				if e.Name == "f" && e.Op == Create {
+					return
+				}
+			}
+		case <-deadline:
+			t.Fatal("no event")
+		}
+	}
 }
