@@ -130,17 +130,11 @@ func TestRecursiveNewSubdirs(t *testing.T) {
 func TestFlagOrder(t *testing.T) {
 	// A single kernel event with several flags is split in WIRE §6.8 order.
 	w := &Watcher{wds: map[int32]string{1: ""}, rootWd: 1, pending: map[uint32]string{}}
-	name := "f"
-	buf := make([]byte, unix.SizeofInotifyEvent+16)
-	ev := (*unix.InotifyEvent)(unsafeptr(buf))
-	ev.Wd = 1
-	ev.Mask = unix.IN_DELETE | unix.IN_MODIFY | unix.IN_ATTRIB | unix.IN_MOVED_FROM | unix.IN_CREATE
-	ev.Len = 16
-	copy(buf[unix.SizeofInotifyEvent:], name)
-	got, err := w.parse(buf)
-	if err != nil {
+	mask := uint32(unix.IN_DELETE | unix.IN_MODIFY | unix.IN_ATTRIB | unix.IN_MOVED_FROM | unix.IN_CREATE)
+	if err := w.handle(1, mask, 0, "f"); err != nil {
 		t.Fatal(err)
 	}
+	got := w.queue
 	var ops []Op
 	for _, e := range got {
 		ops = append(ops, e.Op)
@@ -339,5 +333,68 @@ func TestUnwatchableSubdirIsSkipped(t *testing.T) {
 		case <-deadline:
 			t.Fatal("no event")
 		}
+	}
+}
+
+// Issue 12: watchers of one Pool share inotify instances (200 watchers take
+// 4 instances, not 200); a watcher whose consumer never reads ends alone
+// with ErrOverflow while the others go on; closing them all releases every
+// instance.
+func TestPoolSharesInstances(t *testing.T) {
+	defer func(old int) { QueueLimit = old }(QueueLimit)
+	QueueLimit = 500 // set before any reader starts
+	dir := t.TempDir()
+	before := fdCount(t)
+	p := &Pool{PerInstance: 64}
+	var ws []*Watcher
+	for range 200 {
+		w, err := p.New(dir, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws = append(ws, w)
+	}
+	if n := fdCount(t) - before; n != 4 {
+		t.Fatalf("200 watchers hold %d fds, want 4 inotify instances", n)
+	}
+	// ws[1] is read as the events come; nobody reads the others, which
+	// overflow their queues alone.
+	got := make(chan []Event, 1)
+	go func() {
+		var evs []Event
+		for b := range ws[1].Events() {
+			evs = append(evs, b...)
+			if has(evs, "999", Create) {
+				break
+			}
+		}
+		got <- evs
+	}()
+	for i := range 1000 {
+		os.WriteFile(filepath.Join(dir, fmt.Sprint(i)), nil, 0o644)
+	}
+	select {
+	case evs := <-got:
+		if len(evs) < 1000 {
+			t.Fatalf("reading watcher got %d events", len(evs))
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the reading watcher did not see all creates: %v", ws[1].Err())
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for ws[0].Err() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the watcher that never reads did not overflow")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !errors.Is(ws[0].Err(), ErrOverflow) || ws[1].Err() != nil {
+		t.Fatalf("errs %v, %v", ws[0].Err(), ws[1].Err())
+	}
+	for _, w := range ws {
+		w.Close()
+	}
+	if n := fdCount(t); n != before {
+		t.Fatalf("fds: %d before, %d after closing all", before, n)
 	}
 }
