@@ -543,3 +543,77 @@ func TestWireNameRoundTrip(t *testing.T) {
 	}
 }
 func utf8Valid(s string) bool { return utf8.ValidString(s) }
+
+// Item 6: polling watchers share inotify instances, are bounded per caller
+// (resource_exhausted) and in all, and abandoned ones expire.
+func TestPollingWatchersBoundedAndShared(t *testing.T) {
+	testUser(t)
+	s := newSvc(t, "")
+	dir := t.TempDir()
+	fds := fdCount(t)
+	var ids []string
+	for range MaxPollersPerUser {
+		r, err := s.CreateWatcher(asUser("root"), &fspb.CreateWatcherRequest{Path: dir, Recursive: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, r.WatcherId)
+	}
+	// 64 watchers: one inotify instance (each used to take one of the
+	// 128 a user has VM-wide).
+	if n := fdCount(t) - fds; n != 1 {
+		t.Fatalf("%d watchers hold %d fds", len(ids), n)
+	}
+	_, err := s.CreateWatcher(asUser("root"), &fspb.CreateWatcherRequest{Path: dir})
+	wantCode(t, err, connect.CodeResourceExhausted, "too many polling watchers for user 'root' (limit 64)")
+	// Another caller has room of its own.
+	r, err := s.CreateWatcher(asUser("user"), &fspb.CreateWatcherRequest{Path: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Removing one makes room again.
+	if _, err := s.RemoveWatcher(context.Background(), &fspb.RemoveWatcherRequest{WatcherId: ids[0]}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateWatcher(asUser("root"), &fspb.CreateWatcherRequest{Path: dir}); err != nil {
+		t.Fatal(err)
+	}
+	// The service-wide bound.
+	s.mu.Lock()
+	s.maxPollers = len(s.pollers)
+	s.mu.Unlock()
+	_, err = s.CreateWatcher(asUser("user"), &fspb.CreateWatcherRequest{Path: dir})
+	wantCode(t, err, connect.CodeResourceExhausted, "too many polling watchers (limit")
+
+	// Expiry: everything not polled within pollerIdle goes at the next
+	// CreateWatcher; the one just polled stays.
+	s.mu.Lock()
+	s.maxPollers = MaxPollers
+	s.pollerIdle = 300 * time.Millisecond
+	s.mu.Unlock()
+	time.Sleep(400 * time.Millisecond)
+	if _, err := s.GetWatcherEvents(context.Background(), &fspb.GetWatcherEventsRequest{WatcherId: r.WatcherId}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateWatcher(asUser("root"), &fspb.CreateWatcherRequest{Path: dir}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.GetWatcherEvents(context.Background(), &fspb.GetWatcherEventsRequest{WatcherId: ids[1]})
+	wantCode(t, err, connect.CodeNotFound, "")
+	if _, err := s.GetWatcherEvents(context.Background(), &fspb.GetWatcherEventsRequest{WatcherId: r.WatcherId}); err != nil {
+		t.Fatalf("a polled watcher expired: %v", err)
+	}
+	s.mu.Lock()
+	n := len(s.pollers)
+	s.mu.Unlock()
+	if n != 2 {
+		t.Fatalf("%d pollers left, want 2", n)
+	}
+}
+
+// Item 6: one unwatchable subdirectory no longer ends a recursive WatchDir.
+func TestWatchDirSkipsUnwatchableSubdir(t *testing.T) {
+	s := newSvc(t, "")
+	// The start event comes only once the whole tree is watched.
+	startStream(t, s, context.Background(), &fspb.WatchDirRequest{Path: "/proc/1", Recursive: true})
+}

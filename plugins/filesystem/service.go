@@ -13,12 +13,14 @@ import (
 	"fmt"
 	"runtime/debug"
 	"sync"
+	"time"
 
 	"connectrpc.com/connect"
 	"go.uber.org/zap"
 
 	"github.com/envd-project/envd/internal/paths"
 	"github.com/envd-project/envd/internal/users"
+	"github.com/envd-project/envd/plugins/filesystem/watch"
 	"github.com/envd-project/envd/plugins/pluginkit/callinfo"
 	"github.com/envd-project/envd/plugins/pluginkit/defaults"
 	"github.com/envd-project/envd/plugins/pluginkit/service"
@@ -30,6 +32,17 @@ import (
 // references buffer without bound instead (WIRE §12.27).
 const DefaultWatcherEventLimit = 16384
 
+// Bounds on polling watchers (CreateWatcher), which outlive their call: a
+// caller (the user it names) may hold MaxPollersPerUser, the service
+// MaxPollers; past them CreateWatcher answers resource_exhausted. A watcher
+// nobody has polled for PollerIdleExpiry is taken as abandoned and removed
+// (its id then answers not_found, as after RemoveWatcher).
+const (
+	MaxPollersPerUser = 64
+	MaxPollers        = 256
+	PollerIdleExpiry  = 30 * time.Minute
+)
+
 // Service implements service.Filesystem.
 type Service struct {
 	log  *zap.Logger
@@ -38,6 +51,12 @@ type Service struct {
 
 	// watcherEventLimit is DefaultWatcherEventLimit; tests lower it.
 	watcherEventLimit int
+	// The bounds above; tests lower them.
+	maxPollersPerUser, maxPollers int
+	pollerIdle                    time.Duration
+
+	// pool shares inotify instances among all watchers of the service.
+	pool watch.Pool
 
 	mu       sync.Mutex
 	pollers  map[string]*poller
@@ -54,6 +73,9 @@ func New(log *zap.Logger, defs *defaults.Store, db *users.DB) *Service {
 		defs:              defs,
 		db:                db,
 		watcherEventLimit: DefaultWatcherEventLimit,
+		maxPollersPerUser: MaxPollersPerUser,
+		maxPollers:        MaxPollers,
+		pollerIdle:        PollerIdleExpiry,
 		pollers:           map[string]*poller{},
 		streams:           map[*streamWatch]struct{}{},
 	}
