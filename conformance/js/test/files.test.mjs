@@ -525,12 +525,17 @@ describe(`ownership as user '${TEST_USER}'`, () => {
     assert.equal(e.group, groupName(userPw.gid))
   })
 
-  test('write as user over a root-owned file hands it to the user', T, async () => {
+  // E2B chowns an existing target to the user (WIRE §7.7 step 6); we write
+  // it in place and never chown what the call did not create (issue 12: a
+  // chown of whatever a planted link led to gave the user root's files).
+  test('write as user over a root-owned file writes it in place and keeps its owner', T, async () => {
     const f = fresh('chown')
     fs.writeFileSync(f, 'root was here')
+    const ino = fs.statSync(f).ino
     await sbx.files.write(f, 'user now', { user: TEST_USER })
     const st = fs.statSync(f)
-    assert.equal(st.uid, userPw.uid)
+    assert.equal(st.uid, 0)
+    assert.equal(st.ino, ino)
     assert.equal(fs.readFileSync(f, 'utf8'), 'user now')
   })
 
