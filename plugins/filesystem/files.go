@@ -561,11 +561,6 @@ func (h *FilesHandler) compose(w http.ResponseWriter, r *http.Request) {
 		}
 		srcs[i] = p
 	}
-	if err := ensureDirs(filepath.Dir(dst), u); err != nil {
-		herr := placeError(err, "error ensuring directories")
-		jsonError(w, herr.code, herr.msg)
-		return
-	}
 	if herr := concatFiles(dst, srcs, u); herr != nil {
 		jsonError(w, herr.code, herr.msg)
 		return
@@ -588,19 +583,43 @@ func concatFiles(dst string, srcs []string, u *users.User) *httpError {
 	if err != nil {
 		return errorf(http.StatusInternalServerError, "%v", err)
 	}
-	tmp := dst + ".e2b-compose." + id + ".tmp"
-	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o666)
-	if err != nil {
-		if isNoSpace(err) {
-			return errorf(http.StatusInsufficientStorage, "not enough inodes available: %v", err)
+	// The temporary file is made and renamed relative to dst's directory,
+	// resolved as uploads resolve it (placer.go).
+	dirfd := -1
+	var base, tmp string
+	var out *os.File
+	err = newPlacer(u).retry(func(pl placer) error {
+		if dirfd >= 0 {
+			unix.Close(dirfd)
+			dirfd = -1
 		}
-		return errorf(http.StatusInternalServerError, "error creating temporary file: %v", err)
+		return pl.do(func() error {
+			var err error
+			dirfd, base, err = pl.parentAt(dst, true)
+			if err != nil {
+				return err
+			}
+			tmp = base + ".e2b-compose." + id + ".tmp"
+			fd, err := unix.Openat(dirfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o666)
+			if err != nil {
+				return pl.wrap("open", filepath.Join(filepath.Dir(dst), tmp), err)
+			}
+			out = os.NewFile(uintptr(fd), tmp)
+			return nil
+		})
+	})
+	if err != nil {
+		if dirfd >= 0 {
+			unix.Close(dirfd)
+		}
+		return placeError(err, "error creating temporary file")
 	}
+	defer unix.Close(dirfd)
 	ok := false
 	defer func() {
 		if !ok {
 			out.Close()
-			os.Remove(tmp)
+			unix.Unlinkat(dirfd, tmp, 0)
 		}
 	}()
 	if err := out.Chown(int(u.UID), int(u.GID)); err != nil {
@@ -634,8 +653,8 @@ func concatFiles(dst string, srcs []string, u *users.User) *httpError {
 		}
 		return errorf(http.StatusInternalServerError, "error closing temporary file: %v", err)
 	}
-	if err := os.Rename(tmp, dst); err != nil {
-		os.Remove(tmp)
+	if err := unix.Renameat(dirfd, tmp, dirfd, base); err != nil {
+		unix.Unlinkat(dirfd, tmp, 0)
 		ok = true
 		return errorf(http.StatusInternalServerError, "error renaming into place: %v", err)
 	}

@@ -550,7 +550,7 @@ func TestPollingWatchersBoundedAndShared(t *testing.T) {
 	testUser(t)
 	s := newSvc(t, "")
 	dir := t.TempDir()
-	fds := fdCount(t)
+	fds := inotifyFds(t)
 	var ids []string
 	for range MaxPollersPerUser {
 		r, err := s.CreateWatcher(asUser("root"), &fspb.CreateWatcherRequest{Path: dir, Recursive: true})
@@ -561,8 +561,8 @@ func TestPollingWatchersBoundedAndShared(t *testing.T) {
 	}
 	// 64 watchers: one inotify instance (each used to take one of the
 	// 128 a user has VM-wide).
-	if n := fdCount(t) - fds; n != 1 {
-		t.Fatalf("%d watchers hold %d fds", len(ids), n)
+	if n := inotifyFds(t) - fds; n > 1 {
+		t.Fatalf("%d watchers hold %d inotify fds", len(ids), n)
 	}
 	_, err := s.CreateWatcher(asUser("root"), &fspb.CreateWatcherRequest{Path: dir})
 	wantCode(t, err, connect.CodeResourceExhausted, "too many polling watchers for user 'root' (limit 64)")
@@ -616,4 +616,64 @@ func TestWatchDirSkipsUnwatchableSubdir(t *testing.T) {
 	s := newSvc(t, "")
 	// The start event comes only once the whole tree is watched.
 	startStream(t, s, context.Background(), &fspb.WatchDirRequest{Path: "/proc/1", Recursive: true})
+}
+
+// inotifyFds counts this process's inotify instances.
+func inotifyFds(t testing.TB) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && l == "anon_inode:inotify" {
+			n++
+		}
+	}
+	return n
+}
+
+// Item 4's siblings: Remove, Move and compose as user through a planted
+// symlinked directory touch nothing in the root-only place it leads to.
+func TestRemoveMoveComposeAsUserThroughPlantedLinks(t *testing.T) {
+	u := testUser(t)
+	s := newSvc(t, "")
+	srv := newFiles(t)
+	vdir, secret := victim(t)
+	home := userDir(t, u)
+	linkdir := filepath.Join(home, "linkdir")
+	os.Symlink(vdir, linkdir)
+	mine := filepath.Join(home, "mine.txt")
+	os.WriteFile(mine, []byte("mine"), 0o644)
+	os.Chown(mine, int(u.UID), int(u.GID))
+
+	_, err := s.Remove(asUser("user"), &fspb.RemoveRequest{Path: filepath.Join(linkdir, "secret")})
+	wantCode(t, err, connect.CodePermissionDenied, "permission denied")
+	_, err = s.Move(asUser("user"), &fspb.MoveRequest{Source: mine, Destination: filepath.Join(linkdir, "secret")})
+	wantCode(t, err, connect.CodePermissionDenied, "permission denied")
+	_, err = s.Move(asUser("user"), &fspb.MoveRequest{Source: filepath.Join(linkdir, "secret"), Destination: filepath.Join(home, "stolen")})
+	wantCode(t, err, connect.CodePermissionDenied, "permission denied")
+	body := fmt.Sprintf(`{"source_paths":[%q],"destination":%q,"username":"user"}`, mine, filepath.Join(linkdir, "composed"))
+	resp, b := do(t, mustReq(t, http.MethodPost, srv.URL+"/files/compose", strings.NewReader(body)))
+	wantJSONError(t, resp, b, 403, "permission denied")
+	wantUnchanged(t, secret)
+	if ents, _ := os.ReadDir(vdir); len(ents) != 1 {
+		t.Fatalf("root-only directory changed: %v", ents)
+	}
+	// Without links, as before: the user's own files move and go.
+	if _, err := s.Move(asUser("user"), &fspb.MoveRequest{Source: mine, Destination: filepath.Join(home, "sub", "moved")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Remove(asUser("user"), &fspb.RemoveRequest{Path: filepath.Join(home, "sub")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(home, "sub")); err == nil {
+		t.Fatal("not removed")
+	}
+	// Removing the link itself removes only the link.
+	if _, err := s.Remove(asUser("user"), &fspb.RemoveRequest{Path: linkdir}); err != nil {
+		t.Fatal(err)
+	}
+	wantUnchanged(t, secret)
 }

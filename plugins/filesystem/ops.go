@@ -84,12 +84,14 @@ func (s *Service) Move(ctx context.Context, req *fspb.MoveRequest) (*fspb.MoveRe
 		}
 		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("error getting file info: %w", &fs.PathError{Op: "lstat", Path: src, Err: err}))
 	}
-	if err := ensureDirs(filepath.Dir(dst), u); err != nil {
-		return nil, dirsError(err)
-	}
-	if err := os.Rename(src, dst); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
+	if err := rename(src, dst, u); err != nil {
+		switch {
+		case errors.As(err, new(*errPermission)):
+			return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("permission denied: %w", err))
+		case errors.Is(err, fs.ErrNotExist):
 			return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("error renaming: %w", err))
+		case strings.HasPrefix(err.Error(), "path is a file"), strings.HasPrefix(err.Error(), "error creating directory"):
+			return nil, connect.NewError(connect.CodeInternal, err)
 		}
 		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("error renaming: %w", err))
 	}
@@ -102,11 +104,14 @@ func (s *Service) Move(ctx context.Context, req *fspb.MoveRequest) (*fspb.MoveRe
 
 // Remove is WIRE §6.7: rm -rf, a missing path is success.
 func (s *Service) Remove(ctx context.Context, req *fspb.RemoveRequest) (*fspb.RemoveResponse, error) {
-	_, p, err := s.userPath(ctx, req.GetPath())
+	u, p, err := s.userPath(ctx, req.GetPath())
 	if err != nil {
 		return nil, err
 	}
-	if err := os.RemoveAll(p); err != nil {
+	if err := removeAll(p, u); err != nil {
+		if errors.As(err, new(*errPermission)) {
+			return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("permission denied: %w", err))
+		}
 		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("error removing file or directory: %w", err))
 	}
 	return &fspb.RemoveResponse{}, nil

@@ -330,3 +330,89 @@ func openRegular(dirfd int, name string, flags int, nofollow bool) (*os.File, *u
 	}
 	return os.NewFile(uintptr(fd), name), &st, nil
 }
+
+// parentAt opens the directory of p (creating it if create) and returns it
+// with p's last element. Call inside pl.do.
+func (pl placer) parentAt(p string, create bool) (int, string, error) {
+	p = filepath.Clean(p)
+	dir, base := filepath.Dir(p), filepath.Base(p)
+	if base == "/" || base == "." || base == ".." {
+		return -1, "", fmt.Errorf("%s has no parent directory to work in", p)
+	}
+	var fd int
+	var err error
+	if create {
+		fd, err = pl.ensureDir(dir)
+	} else {
+		fd, err = pl.openDir(dir)
+	}
+	return fd, base, err
+}
+
+// removeAll is rm -rf of p for u (WIRE §6.7) without following a symlink
+// the user planted above p: the parent is resolved as placer does, and the
+// tree below is removed through that directory fd (os.Root never follows
+// a symlink out of it). A missing path is success.
+func removeAll(p string, u *users.User) error {
+	if u.UID == 0 {
+		return os.RemoveAll(p)
+	}
+	return newPlacer(u).retry(func(pl placer) error {
+		return pl.do(func() error {
+			fd, base, err := pl.parentAt(p, false)
+			if err != nil {
+				if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
+					return nil
+				}
+				return err
+			}
+			defer unix.Close(fd)
+			root, err := os.OpenRoot("/proc/self/fd/" + strconv.Itoa(fd))
+			if err != nil {
+				return pl.wrap("open", filepath.Dir(p), err)
+			}
+			defer root.Close()
+			if err := root.RemoveAll(base); err != nil {
+				if pe := new(fs.PathError); errors.As(err, &pe) {
+					return pl.wrap(pe.Op, p, pe.Err)
+				}
+				return err
+			}
+			return nil
+		})
+	})
+}
+
+// rename moves src to dst for u (WIRE §6.6), creating dst's missing parents,
+// with both parents resolved as placer does and the rename done between
+// the two directory fds.
+func rename(src, dst string, u *users.User) error {
+	pl := newPlacer(u)
+	if u.UID == 0 {
+		if err := ensureDirs(filepath.Dir(dst), u); err != nil {
+			return err
+		}
+		return os.Rename(src, dst)
+	}
+	return pl.retry(func(pl placer) error {
+		return pl.do(func() error {
+			sfd, sbase, err := pl.parentAt(src, false)
+			if err != nil {
+				if errors.Is(err, unix.ENOTDIR) {
+					return &fs.PathError{Op: "rename", Path: src, Err: unix.ENOENT}
+				}
+				return err
+			}
+			defer unix.Close(sfd)
+			dfd, dbase, err := pl.parentAt(dst, true)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(dfd)
+			if err := unix.Renameat(sfd, sbase, dfd, dbase); err != nil {
+				return pl.wrap("rename", src, err)
+			}
+			return nil
+		})
+	})
+}
