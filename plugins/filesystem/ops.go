@@ -197,13 +197,16 @@ func (l *lister) walk(real, shown string, level int) error {
 	if err := l.ctx.Err(); err != nil {
 		return connect.NewError(connect.CodeCanceled, err)
 	}
-	f, err := os.Open(real)
+	// O_DIRECTORY: an entry swapped for a FIFO since its stat is refused
+	// (ENOTDIR), never opened (which would block).
+	dfd, err := unix.Open(real, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
-		if level > 1 && (errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR)) {
-			return nil // vanished during the walk
+		if level > 1 && (errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR)) {
+			return nil // vanished (or replaced) during the walk
 		}
-		return err
+		return &fs.PathError{Op: "open", Path: real, Err: err}
 	}
+	f := os.NewFile(uintptr(dfd), real)
 	defer f.Close()
 	list, err := f.Readdirnames(-1)
 	if err != nil {

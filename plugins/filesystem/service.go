@@ -3,8 +3,14 @@
 // §7.6–7.8) as an http.Handler. Transports are adapters around these.
 //
 // Every operation runs as this process (root in a sandbox); the caller's user
-// only chooses the home directory for path resolution and the ownership of
-// what is created (WIRE §4.2).
+// chooses the home directory for path resolution and the ownership of what
+// is created (WIRE §4.2). Beyond the references, writes for a user other
+// than root never follow a symlink into a place that user could not write
+// (placer.go: 403 / permission_denied), nothing this service did not create
+// is chowned, uploads overwrite in place (upload.go), /files refuses FIFOs,
+// sockets and devices with 400 before anything could block on them, names
+// that are not UTF-8 travel escaped (rawnames.go), and watchers share
+// inotify instances with bounds per caller (watchers.go, package watch).
 package filesystem
 
 import (
