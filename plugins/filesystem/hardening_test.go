@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -676,4 +677,63 @@ func TestRemoveMoveComposeAsUserThroughPlantedLinks(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantUnchanged(t, secret)
+}
+
+// The user's filesystem identity never leaks to another goroutine or to a
+// thread the runtime starts meanwhile: while many goroutines make files
+// under withFSUser, every file made outside it is root's, and every file
+// made inside it is the user's.
+func TestFSUserIdentityStaysOnItsThread(t *testing.T) {
+	u := testUser(t)
+	dir := userDir(t, u)
+	os.Chmod(dir, 0o777)
+	var wg sync.WaitGroup
+	for g := range 16 {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			for i := range 50 {
+				p := filepath.Join(dir, fmt.Sprintf("u-%d-%d", g, i))
+				err := withFSUser(u, func() error {
+					fd, err := unix.Open(p, unix.O_CREAT|unix.O_WRONLY|unix.O_CLOEXEC, 0o644)
+					if err == nil {
+						unix.Close(fd)
+					}
+					return err
+				})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				time.Sleep(time.Microsecond) // let the scheduler move things around
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			for i := range 50 {
+				p := filepath.Join(dir, fmt.Sprintf("r-%d-%d", g, i))
+				if err := os.WriteFile(p, nil, 0o644); err != nil {
+					t.Error(err)
+					return
+				}
+				runtime.Gosched()
+			}
+		}()
+	}
+	wg.Wait()
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 16*100 {
+		t.Fatalf("%d files", len(ents))
+	}
+	for _, e := range ents {
+		var st unix.Stat_t
+		unix.Lstat(filepath.Join(dir, e.Name()), &st)
+		want := uint32(0)
+		if strings.HasPrefix(e.Name(), "u-") {
+			want = u.UID
+		}
+		if st.Uid != want {
+			t.Fatalf("%s owned by %d, want %d", e.Name(), st.Uid, want)
+		}
+	}
 }
