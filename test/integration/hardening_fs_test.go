@@ -246,3 +246,64 @@ func TestFilesystemNonUTF8Name(t *testing.T) {
 		})
 	}
 }
+
+// Issue 12 item 7 through the bundle: a WatchDir client sees an upload of
+// a new file as CREATE, CHMOD, WRITE and an overwrite as CHMOD, WRITE,
+// under the file's name only; the overwrite keeps the inode.
+func TestFilesUploadEventsThroughTheBundle(t *testing.T) {
+	e := envdtest.Start(t)
+	cl := filesystemconnect.NewFilesystemClient(http.DefaultClient, e.URL)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	stream, err := cl.WatchDir(ctx, connect.NewRequest(&fspb.WatchDirRequest{Path: dir}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	if !stream.Receive() || stream.Msg().GetStart() == nil {
+		t.Fatalf("no start: %v", stream.Err())
+	}
+	p := filepath.Join(dir, "f.txt")
+	var ino uint64
+	for i, want := range []string{"CREATE,CHMOD,WRITE", "CHMOD,WRITE"} {
+		req, _ := http.NewRequest(http.MethodPost, e.URL+"/files?path="+url.QueryEscape(p), strings.NewReader(fmt.Sprint("body ", i)))
+		req.Header.Set("Content-Type", "application/octet-stream")
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != 200 {
+			t.Fatalf("upload %d: %d", i, res.StatusCode)
+		}
+		marker := fmt.Sprint("marker", i)
+		os.WriteFile(filepath.Join(dir, marker), nil, 0o644)
+		var got []string
+		for stream.Receive() {
+			ev := stream.Msg().GetFilesystem()
+			if ev == nil {
+				continue
+			}
+			if ev.Name == marker {
+				break
+			}
+			if ev.Name != "f.txt" {
+				t.Fatalf("event for another name: %v", ev)
+			}
+			typ := strings.TrimPrefix(ev.Type.String(), "EVENT_TYPE_")
+			if len(got) == 0 || got[len(got)-1] != typ {
+				got = append(got, typ)
+			}
+		}
+		if strings.Join(got, ",") != want {
+			t.Errorf("upload %d: events %v, want %s", i, got, want)
+		}
+		var st syscall.Stat_t
+		syscall.Stat(p, &st)
+		if i == 1 && st.Ino != ino {
+			t.Errorf("overwrite changed the inode: %d → %d", ino, st.Ino)
+		}
+		ino = st.Ino
+	}
+}
