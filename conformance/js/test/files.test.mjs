@@ -539,6 +539,39 @@ describe(`ownership as user '${TEST_USER}'`, () => {
     assert.equal(fs.readFileSync(f, 'utf8'), 'user now')
   })
 
+  // Issue 12: a symlink the user planted never leads a write as the user
+  // into a place the user could not write (E2B follows it and chowns the
+  // target); reading a FIFO is refused instead of hanging.
+  test('write as user through a planted symlink into a root-only directory is refused, nothing changes', T, async () => {
+    const vdir = fresh('victim')
+    fs.mkdirSync(vdir, { mode: 0o700 })
+    const secret = path.join(vdir, 'secret')
+    fs.writeFileSync(secret, 'top secret', { mode: 0o600 })
+    const udir = fresh('uhome')
+    fs.mkdirSync(udir, { mode: 0o755 })
+    fs.chownSync(udir, userPw.uid, userPw.gid)
+    const link = path.join(udir, 'innocent.txt')
+    fs.symlinkSync(secret, link)
+    await assertRejects(sbx.files.write(link, 'pwned', { user: TEST_USER }), SandboxError, /403: permission denied/)
+    assert.equal(fs.readFileSync(secret, 'utf8'), 'top secret')
+    assert.equal(fs.statSync(secret).uid, 0)
+    const linkdir = path.join(udir, 'linkdir')
+    fs.symlinkSync(vdir, linkdir)
+    await assertRejects(sbx.files.makeDir(path.join(linkdir, 'd'), { user: TEST_USER }), SandboxError, /permission denied/)
+    await assertRejects(sbx.files.write(path.join(linkdir, 'new.txt'), 'pwned', { user: TEST_USER }), SandboxError, /403/)
+    assert.deepEqual(fs.readdirSync(vdir), ['secret'])
+    // Root writes through links as before.
+    await sbx.files.write(link, 'by root', { user: 'root' })
+    assert.equal(fs.readFileSync(secret, 'utf8'), 'by root')
+  })
+
+  test('reading a FIFO is InvalidArgumentError at once', T, async () => {
+    const f = fresh('fifo')
+    const { execFileSync } = await import('node:child_process')
+    execFileSync('mkfifo', [f])
+    await assertRejects(sbx.files.read(f), InvalidArgumentError, /is not a regular file/)
+  })
+
   test('write as root leaves root ownership', T, async () => {
     const f = fresh('rootown')
     await sbx.files.write(f, 'root')
