@@ -99,6 +99,7 @@ func TestFilesFIFODownloadsPinNoThreads(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	t.Logf("envd-fs threads: %d before, %d after 200 FIFO downloads (%v)", start, threadsOf(t, pid), codes)
 	// An upload onto the FIFO is refused too.
 	req, _ := http.NewRequest(http.MethodPost, e.URL+"/files?path="+url.QueryEscape(fifo), strings.NewReader("x"))
 	req.Header.Set("Content-Type", "application/octet-stream")
