@@ -107,8 +107,9 @@ type entryRef struct {
 // from an lstat result. Taking both from the caller lets a listing
 // allocate them in bulk.
 func (n *names) fill(e *fspb.EntryInfo, mt *timestamppb.Timestamp, ref entryRef, st *unix.Stat_t) {
-	e.Name = ref.name
-	e.Path = ref.path
+	// Names that are not UTF-8 go out escaped (rawnames.go).
+	e.Name = wireName(ref.name)
+	e.Path = wireName(ref.path)
 	e.Size = st.Size
 	e.Permissions = n.permissions(st.Mode)
 	e.Owner = n.user(st.Uid)
@@ -129,6 +130,7 @@ func (n *names) fill(e *fspb.EntryInfo, mt *timestamppb.Timestamp, ref entryRef,
 				target = abs
 			}
 		}
+		target = wireName(target)
 		e.SymlinkTarget = &target
 		var tst unix.Stat_t
 		if err == nil && unix.Stat(target, &tst) == nil {

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -103,7 +104,7 @@ func (h *FilesHandler) lookupUser(name string) (*users.User, *httpError) {
 }
 
 func (h *FilesHandler) resolve(p string, u *users.User) (string, *httpError) {
-	r, err := paths.Resolve(p, u.Home, h.defs.Get().GetDefaultWorkdir())
+	r, err := paths.Resolve(fsPath(p), u.Home, h.defs.Get().GetDefaultWorkdir())
 	if err != nil {
 		return "", errorf(http.StatusBadRequest, "error resolving path '%s': %v", p, err)
 	}
@@ -124,19 +125,30 @@ func (h *FilesHandler) download(w http.ResponseWriter, r *http.Request) {
 		jsonError(w, herr.code, herr.msg)
 		return
 	}
-	fi, err := os.Stat(p)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
-			jsonError(w, http.StatusNotFound, fmt.Sprintf("path '%s' does not exist", p))
-			return
-		}
-		jsonError(w, http.StatusInternalServerError, fmt.Sprintf("error checking if path exists: %v", err))
+	// Opened O_PATH first and reopened for reading only if it is a regular
+	// file: a FIFO, socket or device is never opened for I/O, so nothing
+	// can pin a thread in open(2) or read(2) (WIRE §7.6 lets us refuse them).
+	f, st, err := openRegular(unix.AT_FDCWD, p, unix.O_RDONLY, false)
+	switch {
+	case err == nil:
+	case errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR):
+		jsonError(w, http.StatusNotFound, fmt.Sprintf("path '%s' does not exist", p))
 		return
-	}
-	if fi.IsDir() {
+	case errors.Is(err, unix.EISDIR):
 		jsonError(w, http.StatusBadRequest, fmt.Sprintf("path '%s' is a directory", p))
 		return
+	case errors.Is(err, errNotRegular):
+		jsonError(w, http.StatusBadRequest, fmt.Sprintf("path '%s' is not a regular file", p))
+		return
+	case st == nil:
+		jsonError(w, http.StatusInternalServerError, fmt.Sprintf("error checking if path exists: %v", &fs.PathError{Op: "stat", Path: p, Err: err}))
+		return
+	default:
+		jsonError(w, http.StatusInternalServerError, fmt.Sprintf("error opening file '%s': %v", p, err))
+		return
 	}
+	defer f.Close()
+	modTime := time.Unix(st.Mtim.Sec, st.Mtim.Nsec)
 
 	w.Header().Add("Vary", "Accept-Encoding")
 	useGzip, ok := negotiateEncoding(r.Header.Values("Accept-Encoding"))
@@ -151,12 +163,6 @@ func (h *FilesHandler) download(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	f, err := os.Open(p)
-	if err != nil {
-		jsonError(w, http.StatusInternalServerError, fmt.Sprintf("error opening file '%s': %v", p, err))
-		return
-	}
-	defer f.Close()
 	name := filepath.Base(p)
 	w.Header().Set("Content-Disposition", mime.FormatMediaType("inline", map[string]string{"filename": name}))
 
@@ -164,7 +170,7 @@ func (h *FilesHandler) download(w http.ResponseWriter, r *http.Request) {
 		// ServeContent handles Range, conditionals and HEAD; with a known
 		// length the response writer hands the *os.File to the socket's
 		// ReadFrom, so the kernel moves the bytes (sendfile) on TCP.
-		http.ServeContent(w, r, name, fi.ModTime(), f)
+		http.ServeContent(w, r, name, modTime, f)
 		return
 	}
 	ctype := mime.TypeByExtension(filepath.Ext(p))
@@ -387,7 +393,11 @@ func (h *FilesHandler) upload(w http.ResponseWriter, r *http.Request) {
 					jsonError(w, http.StatusBadRequest, fmt.Sprintf("error decompressing request body: %v", err))
 					return
 				}
-				jsonError(w, http.StatusInternalServerError, fmt.Sprintf("error parsing multipart body: %v", err))
+				code := http.StatusInternalServerError
+				if malformedBody(err) {
+					code = http.StatusBadRequest // WIRE §7.7 has 500; a client's mistake is a 400
+				}
+				jsonError(w, code, fmt.Sprintf("error parsing multipart body: %v", err))
 				return
 			}
 			_, cd, _ := mime.ParseMediaType(part.header.Get("Content-Disposition"))
@@ -441,7 +451,7 @@ func (h *FilesHandler) writePart(u *users.User, p string, part *multipartPart, m
 }
 
 func (h *FilesHandler) result(p string) uploadResult {
-	return uploadResult{Path: p, Name: filepath.Base(p), Type: "file", Metadata: newNames(h.db).metadata(p)}
+	return uploadResult{Path: wireName(p), Name: wireName(filepath.Base(p)), Type: "file", Metadata: newNames(h.db).metadata(p)}
 }
 
 // parseMetadata turns X-Metadata-<key> headers into metadata (WIRE §7.7 step 4).
@@ -551,10 +561,6 @@ func (h *FilesHandler) compose(w http.ResponseWriter, r *http.Request) {
 		}
 		srcs[i] = p
 	}
-	if err := ensureDirs(filepath.Dir(dst), int(u.UID), int(u.GID)); err != nil {
-		jsonError(w, http.StatusInternalServerError, err.Error())
-		return
-	}
 	if herr := concatFiles(dst, srcs, u); herr != nil {
 		jsonError(w, herr.code, herr.msg)
 		return
@@ -566,7 +572,7 @@ func (h *FilesHandler) compose(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusOK)
-	json.NewEncoder(w).Encode(uploadResult{Path: dst, Name: filepath.Base(dst), Type: "file"})
+	json.NewEncoder(w).Encode(uploadResult{Path: wireName(dst), Name: wireName(filepath.Base(dst)), Type: "file"})
 }
 
 // concatFiles writes srcs in order into a temporary file beside dst, owned
@@ -577,29 +583,58 @@ func concatFiles(dst string, srcs []string, u *users.User) *httpError {
 	if err != nil {
 		return errorf(http.StatusInternalServerError, "%v", err)
 	}
-	tmp := dst + ".e2b-compose." + id + ".tmp"
-	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o666)
-	if err != nil {
-		if isNoSpace(err) {
-			return errorf(http.StatusInsufficientStorage, "not enough inodes available: %v", err)
+	// The temporary file is made and renamed relative to dst's directory,
+	// resolved as uploads resolve it (placer.go).
+	dirfd := -1
+	var base, tmp string
+	var out *os.File
+	err = newPlacer(u).retry(func(pl placer) error {
+		if dirfd >= 0 {
+			unix.Close(dirfd)
+			dirfd = -1
 		}
-		return errorf(http.StatusInternalServerError, "error creating temporary file: %v", err)
+		return pl.do(func() error {
+			var err error
+			dirfd, base, err = pl.parentAt(dst, true)
+			if err != nil {
+				return err
+			}
+			tmp = base + ".e2b-compose." + id + ".tmp"
+			fd, err := unix.Openat(dirfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o666)
+			if err != nil {
+				return pl.wrap("open", filepath.Join(filepath.Dir(dst), tmp), err)
+			}
+			out = os.NewFile(uintptr(fd), tmp)
+			return nil
+		})
+	})
+	if err != nil {
+		if dirfd >= 0 {
+			unix.Close(dirfd)
+		}
+		return placeError(err, "error creating temporary file")
 	}
+	defer unix.Close(dirfd)
 	ok := false
 	defer func() {
 		if !ok {
 			out.Close()
-			os.Remove(tmp)
+			unix.Unlinkat(dirfd, tmp, 0)
 		}
 	}()
 	if err := out.Chown(int(u.UID), int(u.GID)); err != nil {
 		return errorf(http.StatusInternalServerError, "error changing ownership: %v", err)
 	}
 	for _, s := range srcs {
-		in, err := os.Open(s)
+		// Never an open that could block: the source may have been swapped
+		// for a FIFO since it was checked.
+		in, _, err := openRegular(unix.AT_FDCWD, s, unix.O_RDONLY, false)
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				return errorf(http.StatusNotFound, "source path '%s' does not exist", s)
+			}
+			if errors.Is(err, errNotRegular) || errors.Is(err, unix.EISDIR) {
+				return errorf(http.StatusBadRequest, "source path '%s' is not a regular file", s)
 			}
 			return errorf(http.StatusInternalServerError, "error opening source '%s': %v", s, err)
 		}
@@ -618,8 +653,8 @@ func concatFiles(dst string, srcs []string, u *users.User) *httpError {
 		}
 		return errorf(http.StatusInternalServerError, "error closing temporary file: %v", err)
 	}
-	if err := os.Rename(tmp, dst); err != nil {
-		os.Remove(tmp)
+	if err := unix.Renameat(dirfd, tmp, dirfd, base); err != nil {
+		unix.Unlinkat(dirfd, tmp, 0)
 		ok = true
 		return errorf(http.StatusInternalServerError, "error renaming into place: %v", err)
 	}

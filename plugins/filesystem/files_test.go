@@ -239,15 +239,19 @@ func TestUploadOctetStream(t *testing.T) {
 	}
 
 	// Overwrite an existing root-owned file with odd permissions and extra
-	// xattrs: content replaced, mode kept, owner becomes the user, metadata
-	// replaced (none sent → none left), other xattrs kept, symlink kept.
+	// xattrs, through a symlink, as root: written in place (same inode),
+	// mode and owner kept (a target this call did not create is never
+	// chowned), metadata replaced (none sent → none left), other xattrs
+	// kept, symlink kept.
 	existing := filepath.Join(dir, "existing.txt")
 	os.WriteFile(existing, []byte("old content that is longer"), 0o640)
 	unix.Setxattr(existing, MetadataPrefix+"old", []byte("1"), 0)
 	unix.Setxattr(existing, "user.keep", []byte("yes"), 0)
+	var before unix.Stat_t
+	unix.Stat(existing, &before)
 	link := filepath.Join(dir, "link.txt")
 	os.Symlink("existing.txt", link)
-	resp, body = do(t, octet(t, filesURL(srv, link, "username", "user"), strings.NewReader("new")))
+	resp, body = do(t, octet(t, filesURL(srv, link, "username", "root"), strings.NewReader("new")))
 	if resp.StatusCode != 200 {
 		t.Fatalf("%d %s", resp.StatusCode, body)
 	}
@@ -258,8 +262,8 @@ func TestUploadOctetStream(t *testing.T) {
 		t.Fatal("symlink replaced by a file")
 	}
 	unix.Stat(existing, &st)
-	if st.Mode&0o777 != 0o640 || st.Uid != u.UID {
-		t.Fatalf("mode %o uid %d", st.Mode&0o777, st.Uid)
+	if st.Mode&0o777 != 0o640 || st.Uid != 0 || st.Ino != before.Ino {
+		t.Fatalf("mode %o uid %d inode %d (was %d)", st.Mode&0o777, st.Uid, st.Ino, before.Ino)
 	}
 	if md := readMeta(t, existing); len(md) != 0 {
 		t.Fatalf("old metadata survived: %v", md)
@@ -348,7 +352,7 @@ func TestUploadErrors(t *testing.T) {
 	req, _ = http.NewRequest(http.MethodPost, filesURL(srv, ""), bytes.NewReader(mb[:len(mb)/2]))
 	req.Header.Set("Content-Type", ct)
 	resp, body = do(t, req)
-	wantJSONError(t, resp, body, 500, "")
+	wantJSONError(t, resp, body, 400, "")
 	untouched()
 	req, _ = http.NewRequest(http.MethodPost, filesURL(srv, ""), bytes.NewReader(mb[:len(mb)/2]))
 	req.Header.Set("Content-Type", ct)
@@ -356,7 +360,7 @@ func TestUploadErrors(t *testing.T) {
 	req, _ = http.NewRequest(http.MethodPost, filesURL(srv, ""), bytes.NewReader(mbNew))
 	req.Header.Set("Content-Type", ct)
 	resp, body = do(t, req)
-	wantJSONError(t, resp, body, 500, "")
+	wantJSONError(t, resp, body, 400, "")
 	untouched()
 	// A multipart part without filename and no path parameter.
 	ct, mb = multipartBody(part{"file", "", "x"})

@@ -6,9 +6,26 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/textproto"
+	"os"
 	"strings"
 )
+
+// malformedBody tells a body that is itself wrong (its chunked framing, its
+// gzip stream, its multipart syntax, or cut short) from a connection that
+// failed under it: the first answers 400, the second 500.
+func malformedBody(err error) bool {
+	if err == nil {
+		return false
+	}
+	var ne net.Error
+	if errors.As(err, &ne) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, net.ErrClosed) {
+		return false
+	}
+	var pe *os.PathError
+	return !errors.As(err, &pe) // a file error is ours, not the client's
+}
 
 // multipartReader parses a multipart body (RFC 2046) for uploads with the
 // same rules as mime/multipart's Reader.NextPart, but streams each part's

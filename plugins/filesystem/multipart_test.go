@@ -385,8 +385,9 @@ func TestUploadMultipartLarge(t *testing.T) {
 	})
 }
 
-// TestUploadMultipartErrors: syntax errors answer 500, a broken gzip
-// stream 400, and a failed part leaves no file behind.
+// TestUploadMultipartErrors: syntax errors, an empty or boundary-less body
+// and a broken gzip stream answer 400 (issue 12: they were 500), and a
+// failed part leaves no file behind.
 func TestUploadMultipartErrors(t *testing.T) {
 	srv := newFiles(t)
 	dir := t.TempDir()
@@ -396,12 +397,14 @@ func TestUploadMultipartErrors(t *testing.T) {
 		name, ctype, body string
 		code              int
 	}{
-		{"no boundary", "multipart/form-data", head + "x\r\n--B--", 500},
-		{"boundary too long", "multipart/form-data; boundary=" + strings.Repeat("b", copyBufSize/4), "", 500},
-		{"cut in the data", "multipart/form-data; boundary=B", head + "xyz", 500},
-		{"cut in a header", "multipart/form-data; boundary=B", "--B\r\nContent-Disposition: form-data; name=\"file\"", 500},
-		{"bad header", "multipart/form-data; boundary=B", "--B\r\nno colon\r\n\r\nx\r\n--B--", 500},
-		{"header larger than the window", "multipart/form-data; boundary=B", "--B\r\nA: " + strings.Repeat("a", copyBufSize) + "\r\n\r\nx\r\n--B--", 500},
+		{"no boundary", "multipart/form-data", head + "x\r\n--B--", 400},
+		{"boundary too long", "multipart/form-data; boundary=" + strings.Repeat("b", copyBufSize/4), "", 400},
+		{"cut in the data", "multipart/form-data; boundary=B", head + "xyz", 400},
+		{"cut in a header", "multipart/form-data; boundary=B", "--B\r\nContent-Disposition: form-data; name=\"file\"", 400},
+		{"bad header", "multipart/form-data; boundary=B", "--B\r\nno colon\r\n\r\nx\r\n--B--", 400},
+		{"header larger than the window", "multipart/form-data; boundary=B", "--B\r\nA: " + strings.Repeat("a", copyBufSize) + "\r\n\r\nx\r\n--B--", 400},
+		{"empty body", "multipart/form-data; boundary=B", "", 400},
+		{"empty body, no boundary", "multipart/form-data", "", 400},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			req, _ := http.NewRequest(http.MethodPost, filesURL(srv, ""), strings.NewReader(c.body))
@@ -417,7 +420,7 @@ func TestUploadMultipartErrors(t *testing.T) {
 	req, _ := http.NewRequest(http.MethodPost, filesURL(srv, ""), strings.NewReader(head+"x\r\n--B\r\njunk"))
 	req.Header.Set("Content-Type", "multipart/form-data; boundary=B")
 	resp, b := do(t, req)
-	wantJSONError(t, resp, b, 500, "multipart")
+	wantJSONError(t, resp, b, 400, "multipart")
 	if got, _ := os.ReadFile(p); string(got) != "x" {
 		t.Fatalf("%q", got)
 	}

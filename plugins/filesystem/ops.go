@@ -48,8 +48,8 @@ func (s *Service) MakeDir(ctx context.Context, req *fspb.MakeDirRequest) (*fspb.
 	case !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, unix.ENOTDIR):
 		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("error getting file info: %w", err))
 	}
-	if err := ensureDirs(p, int(u.UID), int(u.GID)); err != nil {
-		return nil, connect.NewError(connect.CodeInternal, err)
+	if err := ensureDirs(p, u); err != nil {
+		return nil, dirsError(err)
 	}
 	e, err := newNames(s.db).entryInfo(p)
 	if err != nil {
@@ -58,51 +58,13 @@ func (s *Service) MakeDir(ctx context.Context, req *fspb.MakeDirRequest) (*fspb.
 	return &fspb.MakeDirResponse{Entry: e}, nil
 }
 
-// ensureDirs creates every missing directory of dir with mode 0755 and
-// chowns each one it created to uid:gid (existing ones are left alone).
-func ensureDirs(dir string, uid, gid int) error {
-	if dir == "" {
-		return nil
+// dirsError gives ensureDirs' failure its code: permission_denied where
+// the user's own rights refused it (placer.go), internal otherwise (§6.5).
+func dirsError(err error) error {
+	if errors.As(err, new(*errPermission)) {
+		return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("permission denied: %w", err))
 	}
-	dir = filepath.Clean(dir)
-	// Find the deepest existing ancestor, collecting what is missing.
-	var missing []string
-	for p := dir; ; {
-		fi, err := os.Stat(p)
-		if err == nil {
-			if !fi.IsDir() {
-				return fmt.Errorf("path is a file: %s", p)
-			}
-			break
-		}
-		if errors.Is(err, unix.ENOTDIR) {
-			// A component above p is not a directory; keep climbing to name it.
-		} else if !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("error getting file info: %w", err)
-		}
-		missing = append(missing, p)
-		parent := filepath.Dir(p)
-		if parent == p {
-			break
-		}
-		p = parent
-	}
-	for i := len(missing) - 1; i >= 0; i-- {
-		p := missing[i]
-		if err := os.Mkdir(p, 0o755); err != nil {
-			if errors.Is(err, fs.ErrExist) {
-				if fi, serr := os.Stat(p); serr == nil && fi.IsDir() {
-					continue // made by someone else meanwhile
-				}
-				return fmt.Errorf("path is a file: %s", p)
-			}
-			return fmt.Errorf("error creating directory: %w", err)
-		}
-		if err := os.Lchown(p, uid, gid); err != nil {
-			return fmt.Errorf("error changing ownership of %s: %w", p, err)
-		}
-	}
-	return nil
+	return connect.NewError(connect.CodeInternal, err)
 }
 
 // Move is WIRE §6.6.
@@ -122,12 +84,14 @@ func (s *Service) Move(ctx context.Context, req *fspb.MoveRequest) (*fspb.MoveRe
 		}
 		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("error getting file info: %w", &fs.PathError{Op: "lstat", Path: src, Err: err}))
 	}
-	if err := ensureDirs(filepath.Dir(dst), int(u.UID), int(u.GID)); err != nil {
-		return nil, connect.NewError(connect.CodeInternal, err)
-	}
-	if err := os.Rename(src, dst); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
+	if err := rename(src, dst, u); err != nil {
+		switch {
+		case errors.As(err, new(*errPermission)):
+			return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("permission denied: %w", err))
+		case errors.Is(err, fs.ErrNotExist):
 			return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("error renaming: %w", err))
+		case strings.HasPrefix(err.Error(), "path is a file"), strings.HasPrefix(err.Error(), "error creating directory"):
+			return nil, connect.NewError(connect.CodeInternal, err)
 		}
 		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("error renaming: %w", err))
 	}
@@ -140,11 +104,14 @@ func (s *Service) Move(ctx context.Context, req *fspb.MoveRequest) (*fspb.MoveRe
 
 // Remove is WIRE §6.7: rm -rf, a missing path is success.
 func (s *Service) Remove(ctx context.Context, req *fspb.RemoveRequest) (*fspb.RemoveResponse, error) {
-	_, p, err := s.userPath(ctx, req.GetPath())
+	u, p, err := s.userPath(ctx, req.GetPath())
 	if err != nil {
 		return nil, err
 	}
-	if err := os.RemoveAll(p); err != nil {
+	if err := removeAll(p, u); err != nil {
+		if errors.As(err, new(*errPermission)) {
+			return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("permission denied: %w", err))
+		}
 		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("error removing file or directory: %w", err))
 	}
 	return &fspb.RemoveResponse{}, nil
@@ -216,9 +183,10 @@ const parallelMin = 512
 const statBlock = 128
 
 type statResult struct {
-	e   *fspb.EntryInfo
-	dir bool
-	err error
+	e    *fspb.EntryInfo
+	name string // the entry's name on disk (e.Name may be escaped)
+	dir  bool
+	err  error
 }
 
 // walk lists real (reporting paths under shown) in lexical pre-order, as
@@ -229,13 +197,16 @@ func (l *lister) walk(real, shown string, level int) error {
 	if err := l.ctx.Err(); err != nil {
 		return connect.NewError(connect.CodeCanceled, err)
 	}
-	f, err := os.Open(real)
+	// O_DIRECTORY: an entry swapped for a FIFO since its stat is refused
+	// (ENOTDIR), never opened (which would block).
+	dfd, err := unix.Open(real, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
-		if level > 1 && (errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR)) {
-			return nil // vanished during the walk
+		if level > 1 && (errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR)) {
+			return nil // vanished (or replaced) during the walk
 		}
-		return err
+		return &fs.PathError{Op: "open", Path: real, Err: err}
 	}
+	f := os.NewFile(uintptr(dfd), real)
 	defer f.Close()
 	list, err := f.Readdirnames(-1)
 	if err != nil {
@@ -264,9 +235,9 @@ func (l *lister) walk(real, shown string, level int) error {
 		e := &entries[i]
 		nm.fill(e, &times[i], entryRef{dirfd: dirfd, name: name, path: path}, &st)
 		if !samePrefix {
-			e.Path = shownPrefix + name
+			e.Path = wireName(shownPrefix + name)
 		}
-		results[i] = statResult{e: e, dir: st.Mode&unix.S_IFMT == unix.S_IFDIR}
+		results[i] = statResult{e: e, name: name, dir: st.Mode&unix.S_IFMT == unix.S_IFDIR}
 	}
 	if workers := min(runtime.GOMAXPROCS(0), (len(list)+statBlock-1)/statBlock); len(list) >= parallelMin && workers > 1 {
 		var next atomic.Int64
@@ -306,7 +277,7 @@ func (l *lister) walk(real, shown string, level int) error {
 		}
 		l.out = append(l.out, r.e)
 		if r.dir && level < l.depth {
-			if err := l.walk(realPrefix+r.e.Name, r.e.Path, level+1); err != nil {
+			if err := l.walk(realPrefix+r.name, shownPrefix+r.name, level+1); err != nil {
 				return err
 			}
 		}

@@ -4,8 +4,14 @@
 // Transports are adapters around these.
 //
 // Every operation runs as this process (root in a sandbox); the caller's user
-// only chooses the home directory for path resolution and the ownership of
-// what is created (WIRE §4.2).
+// chooses the home directory for path resolution and the ownership of what
+// is created (WIRE §4.2). Beyond the references, writes for a user other
+// than root never follow a symlink into a place that user could not write
+// (placer.go: 403 / permission_denied), nothing this service did not create
+// is chowned, uploads overwrite in place (upload.go), /files refuses FIFOs,
+// sockets and devices with 400 before anything could block on them, names
+// that are not UTF-8 travel escaped (rawnames.go), and watchers share
+// inotify instances with bounds per caller (watchers.go, package watch).
 package filesystem
 
 import (
@@ -14,12 +20,14 @@ import (
 	"fmt"
 	"runtime/debug"
 	"sync"
+	"time"
 
 	"connectrpc.com/connect"
 	"go.uber.org/zap"
 
 	"github.com/envd-project/envd/internal/paths"
 	"github.com/envd-project/envd/internal/users"
+	"github.com/envd-project/envd/plugins/filesystem/watch"
 	"github.com/envd-project/envd/plugins/pluginkit/callinfo"
 	"github.com/envd-project/envd/plugins/pluginkit/defaults"
 	"github.com/envd-project/envd/plugins/pluginkit/service"
@@ -31,6 +39,17 @@ import (
 // references buffer without bound instead (WIRE §12.27).
 const DefaultWatcherEventLimit = 16384
 
+// Bounds on polling watchers (CreateWatcher), which outlive their call: a
+// caller (the user it names) may hold MaxPollersPerUser, the service
+// MaxPollers; past them CreateWatcher answers resource_exhausted. A watcher
+// nobody has polled for PollerIdleExpiry is taken as abandoned and removed
+// (its id then answers not_found, as after RemoveWatcher).
+const (
+	MaxPollersPerUser = 64
+	MaxPollers        = 256
+	PollerIdleExpiry  = 30 * time.Minute
+)
+
 // Service implements service.Filesystem.
 type Service struct {
 	log  *zap.Logger
@@ -39,6 +58,12 @@ type Service struct {
 
 	// watcherEventLimit is DefaultWatcherEventLimit; tests lower it.
 	watcherEventLimit int
+	// The bounds above; tests lower them.
+	maxPollersPerUser, maxPollers int
+	pollerIdle                    time.Duration
+
+	// pool shares inotify instances among all watchers of the service.
+	pool watch.Pool
 
 	mu       sync.Mutex
 	pollers  map[string]*poller
@@ -55,6 +80,9 @@ func New(log *zap.Logger, defs *defaults.Store, db *users.DB) *Service {
 		defs:              defs,
 		db:                db,
 		watcherEventLimit: DefaultWatcherEventLimit,
+		maxPollersPerUser: MaxPollersPerUser,
+		maxPollers:        MaxPollers,
+		pollerIdle:        PollerIdleExpiry,
 		pollers:           map[string]*poller{},
 		streams:           map[*streamWatch]struct{}{},
 	}
@@ -123,7 +151,7 @@ func (s *Service) user(ctx context.Context) (*users.User, error) {
 
 // resolve applies WIRE §6.1 for u.
 func (s *Service) resolve(p string, u *users.User) (string, error) {
-	r, err := paths.Resolve(p, u.Home, s.defs.Get().GetDefaultWorkdir())
+	r, err := paths.Resolve(fsPath(p), u.Home, s.defs.Get().GetDefaultWorkdir())
 	if err != nil {
 		return "", connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("invalid path '%s': %w", p, err))
 	}

@@ -2,7 +2,6 @@ package filesystem
 
 import (
 	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"io"
 	"io/fs"
@@ -11,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -19,109 +19,385 @@ import (
 
 var randReader = rand.Reader
 
-// writeFile stores one uploaded file at target (WIRE §7.7 step 6) and never
-// leaves a partial file there, not even if envd-fs dies mid-upload:
+// writeFile stores one uploaded file at target (WIRE §7.7 step 6) the way
+// the reference does, without its weaknesses:
 //
-//   - The body is staged in an anonymous O_TMPFILE inode in the target's
-//     directory (a hidden ".<name>.upload-<hex>" file where the filesystem
-//     lacks O_TMPFILE). A failed upload just drops the inode.
-//   - The staged file gets the user's ownership (E2B chowns new and existing
-//     targets alike); replacing an existing file, it also gets the old
-//     permission bits and the old xattrs other than user.e2b.* (which
-//     truncation in place would have kept). Its user.e2b.* xattrs are exactly
-//     the request's metadata (an upload without X-Metadata-* clears them,
-//     §12.32).
-//   - On success it is linked in under the target's name (new file) or linked
-//     under a hidden name and renamed over the target (existing file).
-//   - The target is then reopened and ftruncate'd to its own length: a real
-//     write under the final name, so watchers see WRITE for it as with E2B's
-//     in-place write (the JS SDK's watch tests wait for exactly that). The
-//     kernel reports the staging writes under the pseudo-name "#<inode>",
-//     which the watcher drops (package watch).
-//
-// Unlike truncation in place, replacing an existing file gives it a new
-// inode: other hard links and processes holding the old file open keep the
-// old content. Non-regular targets (FIFOs, devices) are written in place.
+//   - An existing regular file is overwritten in place: same inode, no
+//     second copy of it on disk, no other name in any watch stream. Nothing
+//     is touched before the first piece of the body (up to 1 MiB) is in
+//     hand and, when the length is known, before there is room for it, so a
+//     small upload or one that fails early leaves the old content. Watchers
+//     see CHMOD then WRITE, as for the reference (whose CHMOD comes from
+//     chowning the target; ours from restating its mode, since a target this
+//     call did not create is never chowned). An overwrite interrupted later
+//     leaves the file holding what had arrived, as the reference does; doing
+//     better needs the second copy that in-place writing avoids.
+//   - A new file is staged in an unnamed O_TMPFILE inode in the target's
+//     directory, chowned through its fd, and linked in under its name only
+//     once complete, so a failed upload leaves nothing behind. A restated
+//     mode and a truncation to its own length then give watchers the
+//     reference's CREATE, CHMOD, WRITE (the staging writes are reported
+//     under the pseudo-name "#<inode>", which package watch drops). Where the
+//     filesystem cannot do O_TMPFILE, the file is created under its name and
+//     removed again if the upload fails.
+//   - Paths are resolved as placer.go describes: a symlink never leads a
+//     user's write where the user could not write.
+//   - FIFOs, sockets and devices are refused with 400 (WIRE §7.6 lets /files
+//     refuse non-regular files), before anything could block on them.
 func (h *FilesHandler) writeFile(u *users.User, target string, src bodySource, clen int64, md map[string]string) *httpError {
-	uid, gid := int(u.UID), int(u.GID)
-	if err := ensureDirs(filepath.Dir(target), uid, gid); err != nil {
-		return errorf(http.StatusInternalServerError, "error ensuring directories: %v", err)
-	}
-	// Write where open(O_CREAT) would: through a final symlink.
-	dest := followFinalLinks(target)
-	old, err := os.Stat(dest)
-	exists := err == nil
-	switch {
-	case exists && old.IsDir():
-		return errorf(http.StatusBadRequest, "path is a directory: %s", target)
-	case exists && !old.Mode().IsRegular():
-		return h.writeInPlace(dest, uid, gid, src, clen, md)
-	case !exists && !errors.Is(err, fs.ErrNotExist):
-		return errorf(http.StatusInternalServerError, "error checking file info: %v", err)
-	}
-
-	f, tmpName, err := stageFile(filepath.Dir(dest), filepath.Base(dest))
-	if err != nil {
-		if isNoSpace(err) {
-			return errorf(http.StatusInsufficientStorage, "not enough inodes available: %v", err)
-		}
-		return errorf(http.StatusInternalServerError, "error opening file: %v", err)
-	}
-	installed := false
-	defer func() {
-		f.Close()
-		if !installed && tmpName != "" {
-			os.Remove(tmpName)
-		}
-	}()
-	if err := f.Chown(uid, gid); err != nil {
-		return errorf(http.StatusInternalServerError, "error changing file ownership: %v", err)
-	}
-	if exists {
-		if err := f.Chmod(old.Mode().Perm()); err != nil {
-			return errorf(http.StatusInternalServerError, "error changing file mode: %v", err)
-		}
-		copyXattrs(dest, f)
-	}
-	n, herr := copyBody(f, src, clen)
+	t, herr := openTarget(u, target)
 	if herr != nil {
 		return herr
 	}
-	if herr := setMetadata(f, md); herr != nil {
+	defer t.close()
+	if t.exists {
+		return t.overwrite(src, clen, md)
+	}
+	return t.create(src, clen, md)
+}
+
+// upTarget is where one upload goes, opened.
+type upTarget struct {
+	pl      placer
+	dirfd   int    // O_PATH fd of the target's directory
+	name    string // the target's name in dirfd
+	path    string // for messages
+	f       *os.File
+	st      *unix.Stat_t // the existing file's, when exists
+	exists  bool
+	tmpfile bool // f is an unnamed O_TMPFILE inode
+	linked  bool // f has been given its name (or was created under it)
+}
+
+func (t *upTarget) close() {
+	if t.f != nil {
+		if !t.exists && !t.tmpfile && !t.linked {
+			// The O_TMPFILE fallback created the name: remove it again,
+			// but only while it still is our file.
+			var st, mine unix.Stat_t
+			if unix.Fstat(int(t.f.Fd()), &mine) == nil &&
+				unix.Fstatat(t.dirfd, t.name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil &&
+				st.Dev == mine.Dev && st.Ino == mine.Ino {
+				unix.Unlinkat(t.dirfd, t.name, 0)
+			}
+		}
+		t.f.Close()
+	}
+	if t.dirfd >= 0 {
+		unix.Close(t.dirfd)
+	}
+}
+
+// openTarget resolves and opens target for u: the existing regular file,
+// or a staged new one.
+func openTarget(u *users.User, target string) (*upTarget, *httpError) {
+	var t *upTarget
+	var herr *httpError
+	err := newPlacer(u).retry(func(pl placer) error {
+		return pl.do(func() error {
+			var err error
+			t, herr, err = pl.openTarget(target)
+			return err
+		})
+	})
+	if herr != nil {
+		return nil, herr
+	}
+	if err != nil {
+		return nil, placeError(err, "error opening file")
+	}
+	return t, nil
+}
+
+// placeError answers a resolution failure: 403 for what the user may not
+// write, 507 for a full disk, 500 otherwise.
+func placeError(err error, what string) *httpError {
+	switch {
+	case errors.As(err, new(*errPermission)):
+		return errorf(http.StatusForbidden, "permission denied: %v", err)
+	case isNoSpace(err):
+		return errorf(http.StatusInsufficientStorage, "not enough inodes available: %v", err)
+	case strings.HasPrefix(err.Error(), "path is a file"), strings.HasPrefix(err.Error(), "error creating directory"):
+		return errorf(http.StatusInternalServerError, "error ensuring directories: %v", err)
+	}
+	return errorf(http.StatusInternalServerError, "%s: %v", what, err)
+}
+
+// openTarget runs inside pl.do. A final symlink is followed (even a
+// dangling one, as open(O_CREAT) does) only when resolving as the user.
+func (pl placer) openTarget(target string) (*upTarget, *httpError, error) {
+	for range 40 {
+		dirfd, err := pl.ensureDir(filepath.Dir(target))
+		if err != nil {
+			return nil, nil, err
+		}
+		t := &upTarget{pl: pl, dirfd: dirfd, name: filepath.Base(target), path: target}
+		f, st, err := openRegular(dirfd, t.name, unix.O_WRONLY, pl.strict)
+		switch {
+		case err == nil:
+			t.f, t.st, t.exists = f, st, true
+			if herr := t.checkLinks(); herr != nil {
+				t.close()
+				return nil, herr, nil
+			}
+			return t, nil, nil
+		case errors.Is(err, unix.EISDIR):
+			t.close()
+			return nil, errorf(http.StatusBadRequest, "path is a directory: %s", target), nil
+		case errors.Is(err, errNotRegular):
+			t.close()
+			return nil, errorf(http.StatusBadRequest, "path is not a regular file: %s", target), nil
+		case errors.Is(err, unix.ENOENT):
+			if link, lerr := readlinkat(dirfd, t.name); lerr == nil {
+				// A dangling symlink, met only when following links.
+				t.close()
+				if !filepath.IsAbs(link) {
+					link = filepath.Join(filepath.Dir(target), link)
+				}
+				target = link
+				continue
+			}
+			herr, err := t.stage()
+			if err != nil || herr != nil {
+				t.close()
+				if errors.Is(err, unix.EEXIST) {
+					continue // created by someone else meanwhile: overwrite it
+				}
+				return nil, herr, err
+			}
+			return t, nil, nil
+		default:
+			t.close()
+			return nil, nil, pl.wrap("open", target, err)
+		}
+	}
+	return nil, nil, pl.wrap("open", target, unix.ELOOP)
+}
+
+// checkLinks refuses, for a user other than root, an existing file with
+// other names that the user neither owns nor could open for writing: a hard
+// link planted by the user to a file they may not write (on a system
+// without fs.protected_hardlinks) must not become a way to write it.
+func (t *upTarget) checkLinks() *httpError {
+	u := t.pl.u
+	if !t.pl.strict || u.UID == 0 || t.st.Nlink <= 1 || t.st.Uid == u.UID {
+		return nil // opened with the user's own rights, or nothing to fear
+	}
+	err := withFSUser(u, func() error {
+		fd, err := unix.Open("/proc/self/fd/"+strconv.Itoa(int(t.f.Fd())), unix.O_WRONLY|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+		if err == nil {
+			unix.Close(fd)
+		}
+		return err
+	})
+	if err == nil || errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	return errorf(http.StatusForbidden, "permission denied: %s has other hard links and user '%s' may not write it: %v", t.path, u.Name, err)
+}
+
+func readlinkat(dirfd int, name string) (string, error) {
+	buf := make([]byte, 4096)
+	n, err := unix.Readlinkat(dirfd, name, buf)
+	if err != nil {
+		return "", err
+	}
+	return string(buf[:n]), nil
+}
+
+// stage opens a new, unnamed file in the target's directory (or, without
+// O_TMPFILE, creates the target exclusively).
+func (t *upTarget) stage() (*httpError, error) {
+	fd, err := unix.Openat(t.dirfd, ".", unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o666)
+	if err == nil {
+		t.f, t.tmpfile = os.NewFile(uintptr(fd), t.path), true
+		return nil, nil
+	}
+	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.EINVAL) {
+		if isNoSpace(err) {
+			return errorf(http.StatusInsufficientStorage, "not enough inodes available: %v", err), nil
+		}
+		return nil, t.pl.wrap("open", t.path, err)
+	}
+	fd, err = unix.Openat(t.dirfd, t.name, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o666)
+	if err != nil {
+		if isNoSpace(err) {
+			return errorf(http.StatusInsufficientStorage, "not enough inodes available: %v", err), nil
+		}
+		if errors.Is(err, unix.EEXIST) {
+			return nil, err
+		}
+		return nil, t.pl.wrap("open", t.path, err)
+	}
+	t.f = os.NewFile(uintptr(fd), t.path)
+	return nil, nil
+}
+
+// create fills the staged new file and gives it its name.
+func (t *upTarget) create(src bodySource, clen int64, md map[string]string) *httpError {
+	if err := t.f.Chown(int(t.pl.u.UID), int(t.pl.u.GID)); err != nil {
+		return errorf(http.StatusInternalServerError, "error changing file ownership: %v", err)
+	}
+	n, herr := copyBody(t.f, src, clen, false)
+	if herr != nil {
 		return herr
 	}
-	if err := install(f, tmpName, dest, exists); err != nil {
+	if herr := setMetadata(t.f, md); herr != nil {
+		return herr
+	}
+	if !t.tmpfile {
+		t.linked = true
+		return closeFile(t)
+	}
+	var mine unix.Stat_t
+	if err := unix.Fstat(int(t.f.Fd()), &mine); err != nil {
+		return errorf(http.StatusInternalServerError, "error checking staged file: %v", err)
+	}
+	// Held until the events below are made, so that an overwrite racing
+	// in right after the link cannot be cut by their truncation.
+	unlock := lockInode(&mine)
+	defer func() { unlock() }()
+	err := linkFd(t.f, t.dirfd, t.name)
+	if errors.Is(err, unix.EEXIST) {
+		unlock()
+		unlock = func() {}
+		// Created by someone else meanwhile: overwrite it in place with
+		// what was staged.
+		return t.overwriteFromStaged(n, md)
+	}
+	if err != nil {
 		if isNoSpace(err) {
 			return errorf(http.StatusInsufficientStorage, "not enough inodes available: %v", err)
 		}
 		return errorf(http.StatusInternalServerError, "error moving file into place: %v", err)
 	}
-	installed = true
-	staged, _ := f.Stat()
-	if herr := closeFile(f); herr != nil {
+	t.linked = true
+	// The events the reference's create-chown-write gives: a mode restated
+	// (CHMOD) and a truncation to its own length (WRITE), both no-ops. They
+	// go through a new open of the name: the staged fd would report them
+	// under its pseudo-name. Skipped if the name is no longer this file.
+	if g, st, err := openRegular(t.dirfd, t.name, unix.O_WRONLY, true); err == nil {
+		if st.Dev == mine.Dev && st.Ino == mine.Ino {
+			_ = unix.Fchmod(int(g.Fd()), mine.Mode&0o7777)
+			_ = g.Truncate(n)
+		}
+		g.Close()
+	}
+	return closeFile(t)
+}
+
+func (t *upTarget) overwriteFromStaged(n int64, md map[string]string) *httpError {
+	staged := t.f
+	t.f = nil
+	defer staged.Close()
+	if _, err := staged.Seek(0, io.SeekStart); err != nil {
+		return errorf(http.StatusInternalServerError, "error rereading staged file: %v", err)
+	}
+	var f *os.File
+	var st *unix.Stat_t
+	err := t.pl.do(func() error {
+		var err error
+		f, st, err = openRegular(t.dirfd, t.name, unix.O_WRONLY, t.pl.strict)
+		return err
+	})
+	if err != nil {
+		if errors.Is(err, unix.ELOOP) || errors.Is(err, errNotRegular) || errors.Is(err, unix.EISDIR) {
+			return errorf(http.StatusConflict, "path %s was replaced by something else during the upload", t.path)
+		}
+		return placeError(t.pl.wrap("open", t.path, err), "error opening file")
+	}
+	t.f, t.st, t.exists, t.tmpfile = f, st, true, false
+	if herr := t.checkLinks(); herr != nil {
 		return herr
 	}
-	touch(dest, staged, n)
-	return nil
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	return t.overwrite(&readerSource{r: io.LimitReader(staged, n), buf: *bp}, n, md)
 }
 
-// touch gives watchers of dest the WRITE event (IN_MODIFY) that clients
-// wait for after an upload: the file came into place by a rename or link,
-// which reports only CREATE. A truncate to its own size changes nothing but
-// is reported; it is done only while dest is still the file this upload
-// installed, since another upload may have replaced it by now.
-func touch(dest string, staged os.FileInfo, n int64) {
-	g, err := os.OpenFile(dest, os.O_WRONLY, 0)
-	if err != nil {
-		return
+// inodeLocks serialises the overwrites of one file by this process, so
+// that two uploads racing for a path leave one body whole, never a mix.
+var inodeLocks = struct {
+	sync.Mutex
+	m map[[2]uint64]*inodeLock
+}{m: map[[2]uint64]*inodeLock{}}
+
+type inodeLock struct {
+	sync.Mutex
+	refs int
+}
+
+func lockInode(st *unix.Stat_t) func() {
+	k := [2]uint64{st.Dev, st.Ino}
+	inodeLocks.Lock()
+	l := inodeLocks.m[k]
+	if l == nil {
+		l = &inodeLock{}
+		inodeLocks.m[k] = l
 	}
-	defer g.Close()
-	if now, err := g.Stat(); err == nil && staged != nil && os.SameFile(staged, now) {
-		_ = g.Truncate(n)
+	l.refs++
+	inodeLocks.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		inodeLocks.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(inodeLocks.m, k)
+		}
+		inodeLocks.Unlock()
 	}
 }
 
-func closeFile(f *os.File) *httpError {
+// overwrite writes the existing file in place.
+func (t *upTarget) overwrite(src bodySource, clen int64, md map[string]string) *httpError {
+	first, rerr := src.next()
+	if rerr != nil && rerr != io.EOF {
+		return bodyError(rerr)
+	}
+	defer lockInode(t.st)()
+	if clen > 0 {
+		// Room for the new content once the old is gone; else 507 with the
+		// old content intact.
+		var sfs unix.Statfs_t
+		if unix.Fstatfs(int(t.f.Fd()), &sfs) == nil {
+			avail := int64(sfs.Bfree)*int64(sfs.Bsize) + t.st.Blocks*512
+			if clen > avail {
+				return errorf(http.StatusInsufficientStorage, "attempted to write %d bytes: not enough disk space available", clen)
+			}
+		}
+	}
+	_ = t.f.Chmod(fileMode(t.st.Mode) & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky))
+	if err := t.f.Truncate(0); err != nil {
+		return errorf(http.StatusInternalServerError, "error truncating file: %v", err)
+	}
+	if _, herr := copyBody(t.f, &prefetched{data: first, err: rerr, src: src}, clen, true); herr != nil {
+		return herr
+	}
+	if herr := setMetadata(t.f, md); herr != nil {
+		return herr
+	}
+	return closeFile(t)
+}
+
+// prefetched is a bodySource whose first piece was read already.
+type prefetched struct {
+	data []byte
+	err  error
+	used bool
+	src  bodySource
+}
+
+func (p *prefetched) next() ([]byte, error) {
+	if !p.used {
+		p.used = true
+		return p.data, p.err
+	}
+	return p.src.next()
+}
+
+func closeFile(t *upTarget) *httpError {
+	f := t.f
+	t.f = nil
 	if err := f.Close(); err != nil {
 		if isNoSpace(err) {
 			return errorf(http.StatusInsufficientStorage, "not enough disk space available")
@@ -131,80 +407,12 @@ func closeFile(f *os.File) *httpError {
 	return nil
 }
 
-// writeInPlace is for FIFOs and device nodes, where a staged copy makes no sense.
-func (h *FilesHandler) writeInPlace(dest string, uid, gid int, src bodySource, clen int64, md map[string]string) *httpError {
-	os.Lchown(dest, uid, gid)
-	f, err := os.OpenFile(dest, os.O_WRONLY|os.O_TRUNC, 0o666)
-	if err != nil {
-		return errorf(http.StatusInternalServerError, "error opening file: %v", err)
-	}
-	defer f.Close()
-	if _, herr := copyBody(f, src, clen); herr != nil {
-		return herr
-	}
-	return setMetadata(f, md)
-}
-
-// stageFile opens an unnamed file in dir, or a hidden named one if the
-// filesystem cannot do O_TMPFILE (tmpName is then its path).
-func stageFile(dir, base string) (*os.File, string, error) {
-	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_WRONLY|unix.O_CLOEXEC, 0o666)
-	if err == nil {
-		return os.NewFile(uintptr(fd), filepath.Join(dir, base)), "", nil
-	}
-	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.EINVAL) {
-		return nil, "", &fs.PathError{Op: "open", Path: dir, Err: err}
-	}
-	for range 10 {
-		name := filepath.Join(dir, "."+base+".upload-"+randHex())
-		f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o666)
-		if err == nil {
-			return f, name, nil
-		}
-		if !errors.Is(err, fs.ErrExist) {
-			return nil, "", err
-		}
-	}
-	return nil, "", errors.New("could not create a temporary file")
-}
-
-// install gives the staged file its final name.
-func install(f *os.File, tmpName, dest string, exists bool) error {
-	if tmpName != "" {
-		return os.Rename(tmpName, dest)
-	}
-	if !exists {
-		err := linkFd(f, dest)
-		if !errors.Is(err, unix.EEXIST) {
-			return err
-		}
-		// Created by someone else meanwhile: replace it like an existing one.
-	}
-	dir := filepath.Dir(dest)
-	for range 10 {
-		tmp := filepath.Join(dir, "."+filepath.Base(dest)+".upload-"+randHex())
-		err := linkFd(f, tmp)
-		if errors.Is(err, unix.EEXIST) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if err := os.Rename(tmp, dest); err != nil {
-			os.Remove(tmp)
-			return err
-		}
-		return nil
-	}
-	return errors.New("could not link the temporary file")
-}
-
-// linkFd gives an O_TMPFILE inode a name. AT_EMPTY_PATH needs
-// CAP_DAC_READ_SEARCH; the /proc/self/fd route works without it.
-func linkFd(f *os.File, name string) error {
-	err := unix.Linkat(int(f.Fd()), "", unix.AT_FDCWD, name, unix.AT_EMPTY_PATH)
+// linkFd gives an O_TMPFILE inode the name name in dirfd. AT_EMPTY_PATH
+// needs CAP_DAC_READ_SEARCH; the /proc/self/fd route works without it.
+func linkFd(f *os.File, dirfd int, name string) error {
+	err := unix.Linkat(int(f.Fd()), "", dirfd, name, unix.AT_EMPTY_PATH)
 	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.ENOENT) {
-		err2 := unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(int(f.Fd())), unix.AT_FDCWD, name, unix.AT_SYMLINK_FOLLOW)
+		err2 := unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(int(f.Fd())), dirfd, name, unix.AT_SYMLINK_FOLLOW)
 		if err2 == nil {
 			return nil
 		}
@@ -216,33 +424,6 @@ func linkFd(f *os.File, name string) error {
 		return &fs.PathError{Op: "link", Path: name, Err: err}
 	}
 	return nil
-}
-
-func randHex() string {
-	var b [8]byte
-	io.ReadFull(randReader, b[:])
-	return hex.EncodeToString(b[:])
-}
-
-// followFinalLinks follows symlinks at the end of p (even dangling ones), as
-// open(O_CREAT) does, so the upload lands on the link's target and the link
-// survives.
-func followFinalLinks(p string) string {
-	for range 40 {
-		fi, err := os.Lstat(p)
-		if err != nil || fi.Mode()&fs.ModeSymlink == 0 {
-			return p
-		}
-		t, err := os.Readlink(p)
-		if err != nil {
-			return p
-		}
-		if !filepath.IsAbs(t) {
-			t = filepath.Join(filepath.Dir(p), t)
-		}
-		p = t
-	}
-	return p
 }
 
 // preallocStep is how far ahead of the data an upload of unknown length
@@ -276,15 +457,21 @@ func (s *readerSource) next() ([]byte, error) {
 	return s.buf[:n], err
 }
 
-// copyBody streams src into f, a staged file that nobody else sees yet.
-// Space is reserved ahead of the data with fallocate and the file is
-// trimmed to what was written at the end.
-func copyBody(f *os.File, src bodySource, clen int64) (int64, *httpError) {
+// copyBody streams src into f from its current offset. Space is reserved
+// ahead of the data with fallocate. A staged file (inPlace false) is
+// reserved generously and trimmed at the end; a file written in place,
+// which others may be reading, gets only the known length, reserved past
+// its end (FALLOC_FL_KEEP_SIZE) so it never shows a zero-filled tail.
+func copyBody(f *os.File, src bodySource, clen int64, inPlace bool) (int64, *httpError) {
 	fd := int(f.Fd())
 	var reserved int64
 	if clen > 0 {
 		// A known length: a full disk answers 507 before a byte is streamed.
-		err := unix.Fallocate(fd, 0, 0, clen)
+		mode := uint32(0)
+		if inPlace {
+			mode = unix.FALLOC_FL_KEEP_SIZE
+		}
+		err := unix.Fallocate(fd, mode, 0, clen)
 		if isNoSpace(err) {
 			return 0, errorf(http.StatusInsufficientStorage, "attempted to write %d bytes: not enough disk space available", clen)
 		}
@@ -292,7 +479,7 @@ func copyBody(f *os.File, src bodySource, clen int64) (int64, *httpError) {
 			reserved = clen
 		}
 	}
-	speculate := true
+	speculate := !inPlace
 	var total int64
 	for {
 		data, rerr := src.next()
@@ -322,10 +509,7 @@ func copyBody(f *os.File, src bodySource, clen int64) (int64, *httpError) {
 			break
 		}
 		if rerr != nil {
-			if ge := new(gzipError); errors.As(rerr, &ge) {
-				return total, errorf(http.StatusBadRequest, "error decompressing request body: %v", ge.err)
-			}
-			return total, errorf(http.StatusInternalServerError, "error reading request body: %v", rerr)
+			return total, bodyError(rerr)
 		}
 	}
 	if reserved > total {
@@ -334,6 +518,17 @@ func copyBody(f *os.File, src bodySource, clen int64) (int64, *httpError) {
 		}
 	}
 	return total, nil
+}
+
+// bodyError answers a failure to read the request body.
+func bodyError(err error) *httpError {
+	if ge := new(gzipError); errors.As(err, &ge) {
+		return errorf(http.StatusBadRequest, "error decompressing request body: %v", ge.err)
+	}
+	if malformedBody(err) {
+		return errorf(http.StatusBadRequest, "error reading request body: %v", err)
+	}
+	return errorf(http.StatusInternalServerError, "error reading request body: %v", err)
 }
 
 // setMetadata replaces f's user.e2b.* xattrs with md. Filesystems without
@@ -387,38 +582,4 @@ func listXattrs(fd int) ([]string, error) {
 		return out, nil
 	}
 	return nil, unix.ERANGE
-}
-
-// copyXattrs carries an existing target's extended attributes other than
-// user.e2b.* (ACLs, other user.* keys) over to the staged file, since an
-// in-place truncation would have kept them. security.capability is not
-// carried: the kernel drops it on any write to the file anyway.
-func copyXattrs(from string, to *os.File) {
-	src, err := os.Open(from)
-	if err != nil {
-		return
-	}
-	defer src.Close()
-	keys, err := listXattrs(int(src.Fd()))
-	if err != nil {
-		return
-	}
-	val := make([]byte, 4096)
-	for _, k := range keys {
-		if strings.HasPrefix(k, MetadataPrefix) || k == "security.capability" {
-			continue
-		}
-		n, err := unix.Fgetxattr(int(src.Fd()), k, val)
-		if errors.Is(err, unix.ERANGE) {
-			if n, err = unix.Fgetxattr(int(src.Fd()), k, nil); err == nil {
-				val = make([]byte, n+64)
-				n, err = unix.Fgetxattr(int(src.Fd()), k, val)
-			}
-		}
-		if err != nil {
-			continue
-		}
-		// Best effort: a key the new inode refuses is dropped.
-		_ = unix.Fsetxattr(int(to.Fd()), k, val[:n], 0)
-	}
 }

@@ -89,7 +89,7 @@ func (s *Service) startWatch(ctx context.Context, req watchReq) (*watch.Watcher,
 	if down {
 		return nil, "", connect.NewError(connect.CodeUnavailable, errors.New("filesystem service is shutting down"))
 	}
-	w, err := watch.New(p, req.GetRecursive())
+	w, err := s.pool.New(p, req.GetRecursive())
 	if err != nil {
 		return nil, "", connect.NewError(connect.CodeInternal, fmt.Errorf("error creating watcher for %s: %w", p, err))
 	}
@@ -109,7 +109,7 @@ var opType = [...]fspb.EventType{
 func toEvents(nm *names, root string, includeEntry bool, batch []watch.Event) []*fspb.FilesystemEvent {
 	out := make([]*fspb.FilesystemEvent, 0, len(batch))
 	for _, ev := range batch {
-		fe := &fspb.FilesystemEvent{Name: ev.Name, Type: opType[ev.Op]}
+		fe := &fspb.FilesystemEvent{Name: wireName(ev.Name), Type: opType[ev.Op]}
 		if includeEntry && (ev.Op == watch.Create || ev.Op == watch.Write || ev.Op == watch.Chmod) {
 			if e, err := nm.entryInfo(filepath.Join(root, ev.Name)); err == nil {
 				fe.Entry = e
@@ -212,11 +212,13 @@ func ctxError(ctx context.Context) error {
 // into a bounded buffer that GetWatcherEvents empties.
 type poller struct {
 	w      *watch.Watcher
+	user   string
 	exited chan struct{}
 
-	mu     sync.Mutex
-	events []*fspb.FilesystemEvent
-	err    error
+	mu       sync.Mutex
+	events   []*fspb.FilesystemEvent
+	err      error
+	lastPoll time.Time
 }
 
 func (p *poller) run(nm *names, root string, includeEntry bool, limit int, log *zap.Logger) {
@@ -250,8 +252,14 @@ func (p *poller) close() {
 	<-p.exited
 }
 
-// CreateWatcher is WIRE §6.8's polling watcher.
+// CreateWatcher is WIRE §6.8's polling watcher, bounded per caller and in
+// all (the references let every call take an inotify instance for good).
 func (s *Service) CreateWatcher(ctx context.Context, req *fspb.CreateWatcherRequest) (*fspb.CreateWatcherResponse, error) {
+	user := s.defs.User(callinfo.From(ctx).User)
+	s.expirePollers()
+	if err := s.pollerRoom(user); err != nil {
+		return nil, err
+	}
 	w, root, err := s.startWatch(ctx, req)
 	if err != nil {
 		return nil, err
@@ -261,18 +269,70 @@ func (s *Service) CreateWatcher(ctx context.Context, req *fspb.CreateWatcherRequ
 		w.Close()
 		return nil, connect.NewError(connect.CodeInternal, err)
 	}
-	p := &poller{w: w, exited: make(chan struct{})}
+	p := &poller{w: w, user: user, exited: make(chan struct{}), lastPoll: time.Now()}
 	s.mu.Lock()
 	if s.shutdown {
 		s.mu.Unlock()
 		w.Close()
 		return nil, connect.NewError(connect.CodeUnavailable, errors.New("filesystem service is shutting down"))
 	}
+	if err := s.pollerRoomLocked(user); err != nil {
+		s.mu.Unlock()
+		w.Close()
+		return nil, err
+	}
 	s.pollers[id] = p
 	limit := s.watcherEventLimit
 	s.mu.Unlock()
 	go p.run(newNames(s.db), root, req.GetIncludeEntry(), limit, s.log)
 	return &fspb.CreateWatcherResponse{WatcherId: id}, nil
+}
+
+func (s *Service) pollerRoom(user string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pollerRoomLocked(user)
+}
+
+func (s *Service) pollerRoomLocked(user string) error {
+	if len(s.pollers) >= s.maxPollers {
+		return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf(
+			"too many polling watchers (limit %d): remove unused ones with RemoveWatcher", s.maxPollers))
+	}
+	n := 0
+	for _, p := range s.pollers {
+		if p.user == user {
+			n++
+		}
+	}
+	if n >= s.maxPollersPerUser {
+		return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf(
+			"too many polling watchers for user '%s' (limit %d): remove unused ones with RemoveWatcher", user, s.maxPollersPerUser))
+	}
+	return nil
+}
+
+// expirePollers removes the polling watchers nobody has polled for
+// s.pollerIdle: a client that forgot RemoveWatcher (or died) no longer
+// holds inotify watches and memory for the life of the sandbox.
+func (s *Service) expirePollers() {
+	now := time.Now()
+	var stale []*poller
+	s.mu.Lock()
+	for id, p := range s.pollers {
+		p.mu.Lock()
+		idle := now.Sub(p.lastPoll)
+		p.mu.Unlock()
+		if idle > s.pollerIdle {
+			delete(s.pollers, id)
+			stale = append(stale, p)
+			s.log.Info("polling watcher expired", zap.String("id", id), zap.Duration("idle", idle))
+		}
+	}
+	s.mu.Unlock()
+	for _, p := range stale {
+		p.close()
+	}
 }
 
 // GetWatcherEvents returns and clears the buffered events, or the
@@ -286,6 +346,7 @@ func (s *Service) GetWatcherEvents(ctx context.Context, req *fspb.GetWatcherEven
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.lastPoll = time.Now()
 	if p.err != nil {
 		return nil, connect.NewError(connect.CodeInternal, p.err)
 	}

@@ -525,13 +525,51 @@ describe(`ownership as user '${TEST_USER}'`, () => {
     assert.equal(e.group, groupName(userPw.gid))
   })
 
-  test('write as user over a root-owned file hands it to the user', T, async () => {
+  // E2B chowns an existing target to the user (WIRE §7.7 step 6); we write
+  // it in place and never chown what the call did not create (issue 12: a
+  // chown of whatever a planted link led to gave the user root's files).
+  test('write as user over a root-owned file writes it in place and keeps its owner', T, async () => {
     const f = fresh('chown')
     fs.writeFileSync(f, 'root was here')
+    const ino = fs.statSync(f).ino
     await sbx.files.write(f, 'user now', { user: TEST_USER })
     const st = fs.statSync(f)
-    assert.equal(st.uid, userPw.uid)
+    assert.equal(st.uid, 0)
+    assert.equal(st.ino, ino)
     assert.equal(fs.readFileSync(f, 'utf8'), 'user now')
+  })
+
+  // Issue 12: a symlink the user planted never leads a write as the user
+  // into a place the user could not write (E2B follows it and chowns the
+  // target); reading a FIFO is refused instead of hanging.
+  test('write as user through a planted symlink into a root-only directory is refused, nothing changes', T, async () => {
+    const vdir = fresh('victim')
+    fs.mkdirSync(vdir, { mode: 0o700 })
+    const secret = path.join(vdir, 'secret')
+    fs.writeFileSync(secret, 'top secret', { mode: 0o600 })
+    const udir = fresh('uhome')
+    fs.mkdirSync(udir, { mode: 0o755 })
+    fs.chownSync(udir, userPw.uid, userPw.gid)
+    const link = path.join(udir, 'innocent.txt')
+    fs.symlinkSync(secret, link)
+    await assertRejects(sbx.files.write(link, 'pwned', { user: TEST_USER }), SandboxError, /403: permission denied/)
+    assert.equal(fs.readFileSync(secret, 'utf8'), 'top secret')
+    assert.equal(fs.statSync(secret).uid, 0)
+    const linkdir = path.join(udir, 'linkdir')
+    fs.symlinkSync(vdir, linkdir)
+    await assertRejects(sbx.files.makeDir(path.join(linkdir, 'd'), { user: TEST_USER }), SandboxError, /permission denied/)
+    await assertRejects(sbx.files.write(path.join(linkdir, 'new.txt'), 'pwned', { user: TEST_USER }), SandboxError, /403/)
+    assert.deepEqual(fs.readdirSync(vdir), ['secret'])
+    // Root writes through links as before.
+    await sbx.files.write(link, 'by root', { user: 'root' })
+    assert.equal(fs.readFileSync(secret, 'utf8'), 'by root')
+  })
+
+  test('reading a FIFO is InvalidArgumentError at once', T, async () => {
+    const f = fresh('fifo')
+    const { execFileSync } = await import('node:child_process')
+    execFileSync('mkfifo', [f])
+    await assertRejects(sbx.files.read(f), InvalidArgumentError, /is not a regular file/)
   })
 
   test('write as root leaves root ownership', T, async () => {

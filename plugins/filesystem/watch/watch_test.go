@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -129,17 +130,11 @@ func TestRecursiveNewSubdirs(t *testing.T) {
 func TestFlagOrder(t *testing.T) {
 	// A single kernel event with several flags is split in WIRE §6.8 order.
 	w := &Watcher{wds: map[int32]string{1: ""}, rootWd: 1, pending: map[uint32]string{}}
-	name := "f"
-	buf := make([]byte, unix.SizeofInotifyEvent+16)
-	ev := (*unix.InotifyEvent)(unsafeptr(buf))
-	ev.Wd = 1
-	ev.Mask = unix.IN_DELETE | unix.IN_MODIFY | unix.IN_ATTRIB | unix.IN_MOVED_FROM | unix.IN_CREATE
-	ev.Len = 16
-	copy(buf[unix.SizeofInotifyEvent:], name)
-	got, err := w.parse(buf)
-	if err != nil {
+	mask := uint32(unix.IN_DELETE | unix.IN_MODIFY | unix.IN_ATTRIB | unix.IN_MOVED_FROM | unix.IN_CREATE)
+	if err := w.handle(1, mask, 0, "f"); err != nil {
 		t.Fatal(err)
 	}
+	got := w.queue
 	var ops []Op
 	for _, e := range got {
 		ops = append(ops, e.Op)
@@ -300,4 +295,106 @@ func TestRecursiveThroughASymlinkedRoot(t *testing.T) {
 	os.WriteFile(filepath.Join(real, "sub", "x"), []byte("1"), 0o644)
 	os.WriteFile(filepath.Join(real, "marker"), nil, 0o644)
 	collect(t, w, 5*time.Second, func(e []Event) bool { return has(e, "marker", Create) && has(e, "sub/x", Create) })
+}
+
+// Issue 12: one directory that cannot be watched (inotify_add_watch gives
+// EACCES for /proc/1/fdinfo, even to root) is skipped; it used to end the
+// whole recursive watch.
+func TestUnwatchableSubdirIsSkipped(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: bind mounts need root")
+	}
+	dir := t.TempDir()
+	proc := filepath.Join(dir, "proc1")
+	os.Mkdir(proc, 0o755)
+	if out, err := exec.Command("mount", "--bind", "/proc/1", proc).CombinedOutput(); err != nil {
+		t.Skipf("skipping: %v %s", err, out)
+	}
+	defer exec.Command("umount", "-l", proc).Run()
+	w, err := New(dir, true)
+	if err != nil {
+		t.Fatalf("recursive watch with an unwatchable subdirectory: %v", err)
+	}
+	defer w.Close()
+	os.Mkdir(filepath.Join(dir, "later"), 0o755)
+	os.WriteFile(filepath.Join(dir, "f"), nil, 0o644)
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case b, ok := <-w.Events():
+			if !ok {
+				t.Fatalf("watcher ended: %v", w.Err())
+			}
+			for _, e := range b {
+				if e.Name == "f" && e.Op == Create {
+					return
+				}
+			}
+		case <-deadline:
+			t.Fatal("no event")
+		}
+	}
+}
+
+// Issue 12: watchers of one Pool share inotify instances (200 watchers take
+// 4 instances, not 200); a watcher whose consumer never reads ends alone
+// with ErrOverflow while the others go on; closing them all releases every
+// instance.
+func TestPoolSharesInstances(t *testing.T) {
+	defer func(old int) { QueueLimit = old }(QueueLimit)
+	QueueLimit = 500 // set before any reader starts
+	dir := t.TempDir()
+	before := fdCount(t)
+	p := &Pool{PerInstance: 64}
+	var ws []*Watcher
+	for range 200 {
+		w, err := p.New(dir, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws = append(ws, w)
+	}
+	if n := fdCount(t) - before; n != 4 {
+		t.Fatalf("200 watchers hold %d fds, want 4 inotify instances", n)
+	}
+	// ws[1] is read as the events come; nobody reads the others, which
+	// overflow their queues alone.
+	got := make(chan []Event, 1)
+	go func() {
+		var evs []Event
+		for b := range ws[1].Events() {
+			evs = append(evs, b...)
+			if has(evs, "999", Create) {
+				break
+			}
+		}
+		got <- evs
+	}()
+	for i := range 1000 {
+		os.WriteFile(filepath.Join(dir, fmt.Sprint(i)), nil, 0o644)
+	}
+	select {
+	case evs := <-got:
+		if len(evs) < 1000 {
+			t.Fatalf("reading watcher got %d events", len(evs))
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the reading watcher did not see all creates: %v", ws[1].Err())
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for ws[0].Err() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the watcher that never reads did not overflow")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !errors.Is(ws[0].Err(), ErrOverflow) || ws[1].Err() != nil {
+		t.Fatalf("errs %v, %v", ws[0].Err(), ws[1].Err())
+	}
+	for _, w := range ws {
+		w.Close()
+	}
+	if n := fdCount(t); n != before {
+		t.Fatalf("fds: %d before, %d after closing all", before, n)
+	}
 }
