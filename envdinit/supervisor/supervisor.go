@@ -36,6 +36,10 @@ type Spec struct {
 	// CgroupFD, when >= 0, is the cgroup directory the plugin is spawned
 	// into (envd-net relays user traffic, so it lives in the forwarder group).
 	CgroupFD int
+	// Reattach, when set, is where a plugin started by hand serves
+	// (contract.LoadReattach: JSON, or a file holding it): the supervisor
+	// attaches to it instead of starting the plugin, and never kills it.
+	Reattach string
 }
 
 // Options tune the supervisor.
@@ -98,8 +102,27 @@ type instance struct {
 	client  *plugin.Client
 	conn    *grpc.ClientConn
 	control controlpb.ControlClient
-	runner  *reapedRunner
+	runner  *reapedRunner // nil when attached to a hand-started plugin
 	health  *controlpb.HealthResponse
+	// exited is closed when the plugin process has ended.
+	exited <-chan struct{}
+}
+
+// status describes how the plugin ended.
+func (i *instance) status() string {
+	if i.runner == nil {
+		return "ended (started by hand: status unknown)"
+	}
+	return i.runner.exit.String()
+}
+
+// close drops the connection to a plugin that ended or is being stopped.
+func (i *instance) close() {
+	i.client.Kill()
+	if i.runner == nil {
+		// go-plugin leaves an attached plugin and its connection alone.
+		_ = i.conn.Close()
+	}
 }
 
 // New prepares a supervisor; Start launches the plugins.
@@ -180,13 +203,13 @@ func (s *Supervisor) keep(m *managed) {
 		} else {
 			m.log.Info("plugin up", zap.Int("pid", int(inst.health.GetPid())), zap.Duration("took", time.Since(began)))
 			select {
-			case <-inst.runner.Exited():
-				m.log.Error("plugin exited; restarting", zap.Stringer("status", inst.runner.exit))
+			case <-inst.exited:
+				m.log.Error("plugin exited; restarting", zap.String("status", inst.status()))
 			case <-s.stopped:
 				return
 			}
 			m.setDown(inst)
-			inst.client.Kill() // closes the connection; the process is gone
+			inst.close() // the process is gone
 			// A plugin that ran for a while earns a fast restart.
 			if time.Since(began) > 10*time.Second {
 				backoff = s.opts.MinBackoff
@@ -203,7 +226,17 @@ func (s *Supervisor) keep(m *managed) {
 
 func (s *Supervisor) launch(m *managed) (*instance, error) {
 	var run *reapedRunner
-	client := plugin.NewClient(&plugin.ClientConfig{
+	var reattach *plugin.ReattachConfig
+	if m.spec.Reattach != "" {
+		ra, err := contract.LoadReattach(m.spec.Reattach)
+		if err == nil {
+			reattach, err = ra.Config()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("attach to %s started by hand: %w", m.spec.Name, err)
+		}
+	}
+	cc := &plugin.ClientConfig{
 		HandshakeConfig:  contract.Handshake,
 		Plugins:          plugin.PluginSet{contract.DispenseName: &contract.GRPCPlugin{}},
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
@@ -231,7 +264,17 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 		},
 		GRPCDialOptions:  contract.DialOptions(),
 		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: s.opts.SocketDir},
-	})
+	}
+	var exited <-chan struct{}
+	if reattach != nil {
+		cc.RunnerFunc, cc.UnixSocketConfig, cc.Reattach = nil, nil, reattach
+		gone, err := processGone(reattach.Pid)
+		if err != nil {
+			return nil, fmt.Errorf("attach to %s started by hand (pid %d): %w", m.spec.Name, reattach.Pid, err)
+		}
+		exited = gone
+	}
+	client := plugin.NewClient(cc)
 	fail := func(err error) (*instance, error) {
 		client.Kill()
 		return nil, err
@@ -248,7 +291,16 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 	if !ok {
 		return fail(fmt.Errorf("%s dispensed %T, want a gRPC connection", m.spec.Name, raw))
 	}
-	inst := &instance{client: client, conn: conn, control: controlpb.NewControlClient(conn), runner: run}
+	if run != nil {
+		exited = run.Exited()
+	}
+	inst := &instance{client: client, conn: conn, control: controlpb.NewControlClient(conn), runner: run, exited: exited}
+	if reattach != nil {
+		fail = func(err error) (*instance, error) {
+			inst.close()
+			return nil, err
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.opts.StartTimeout)
 	defer cancel()
 	cfg := s.store.Config()
@@ -341,11 +393,11 @@ func (s *Supervisor) wait(ctx context.Context, name string, stale grpc.ClientCon
 				return inst, nil
 			}
 			select {
-			case <-inst.runner.Exited():
+			case <-inst.exited:
 				// keep() marks it down right after; look again shortly.
 				wake = nil
 			default:
-				wake = inst.runner.Exited()
+				wake = inst.exited
 			}
 		}
 		var retry <-chan time.Time
@@ -505,7 +557,7 @@ func (s *Supervisor) Stop(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			inst.client.Kill()
+			inst.close()
 		}()
 	}
 	wg.Wait()
