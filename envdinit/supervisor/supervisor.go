@@ -490,8 +490,9 @@ func (s *Supervisor) Ready(ctx context.Context) error {
 	return nil
 }
 
-// each calls fn on every running plugin in parallel and joins the errors.
-func (s *Supervisor) each(ctx context.Context, what string, fn func(context.Context, controlpb.ControlClient) error) error {
+// each calls fn on every running plugin in parallel and joins the errors;
+// ownOnly leaves out plugins started by hand (--reattach).
+func (s *Supervisor) each(ctx context.Context, what string, ownOnly bool, fn func(context.Context, controlpb.ControlClient) error) error {
 	var (
 		mu   sync.Mutex
 		errs []error
@@ -499,7 +500,7 @@ func (s *Supervisor) each(ctx context.Context, what string, fn func(context.Cont
 	)
 	for _, name := range s.order {
 		inst, _ := s.plugins[name].current()
-		if inst == nil {
+		if inst == nil || (ownOnly && inst.runner == nil) {
 			continue
 		}
 		wg.Add(1)
@@ -518,7 +519,7 @@ func (s *Supervisor) each(ctx context.Context, what string, fn func(context.Cont
 
 // SnapshotPrepare tells every plugin to quiesce before a VM snapshot.
 func (s *Supervisor) SnapshotPrepare(ctx context.Context) error {
-	return s.each(ctx, "snapshot prepare", func(ctx context.Context, c controlpb.ControlClient) error {
+	return s.each(ctx, "snapshot prepare", false, func(ctx context.Context, c controlpb.ControlClient) error {
 		_, err := c.SnapshotPrepare(ctx, &controlpb.SnapshotPrepareRequest{})
 		return err
 	})
@@ -526,7 +527,7 @@ func (s *Supervisor) SnapshotPrepare(ctx context.Context) error {
 
 // SnapshotRestored tells every plugin the VM was restored.
 func (s *Supervisor) SnapshotRestored(ctx context.Context) error {
-	return s.each(ctx, "snapshot restored", func(ctx context.Context, c controlpb.ControlClient) error {
+	return s.each(ctx, "snapshot restored", false, func(ctx context.Context, c controlpb.ControlClient) error {
 		_, err := c.SnapshotRestored(ctx, &controlpb.SnapshotRestoredRequest{})
 		return err
 	})
@@ -540,7 +541,9 @@ func (s *Supervisor) Stop(ctx context.Context) {
 	default:
 	}
 	close(s.stopped)
-	err := s.each(ctx, "shutdown", func(ctx context.Context, c controlpb.ControlClient) error {
+	// A plugin started by hand keeps its state for the next envd-init that
+	// attaches to it: only a detach.
+	err := s.each(ctx, "shutdown", true, func(ctx context.Context, c controlpb.ControlClient) error {
 		_, err := c.Shutdown(ctx, &controlpb.ShutdownRequest{})
 		return err
 	})
@@ -550,7 +553,8 @@ func (s *Supervisor) Stop(ctx context.Context) {
 	s.wg.Wait()
 	var wg sync.WaitGroup
 	for _, name := range s.order {
-		inst, _ := s.plugins[name].current()
+		m := s.plugins[name]
+		inst, _ := m.current()
 		if inst == nil {
 			continue
 		}
@@ -558,6 +562,18 @@ func (s *Supervisor) Stop(ctx context.Context) {
 		go func() {
 			defer wg.Done()
 			inst.close()
+			if inst.runner == nil {
+				m.log.Info("detached from the plugin started by hand; it keeps running")
+				return
+			}
+			// How each plugin ended shows whether the stop was clean (exit
+			// status 0) or had to kill it.
+			select {
+			case <-inst.exited:
+				m.log.Info("plugin stopped", zap.String("status", inst.status()))
+			case <-ctx.Done():
+				m.log.Warn("plugin still running after stop", zap.Error(ctx.Err()))
+			}
 		}()
 	}
 	wg.Wait()

@@ -159,4 +159,20 @@ func TestReattachHandStartedPlugin(t *testing.T) {
 	if e.PluginPid("envd-proc") == 0 {
 		t.Fatal("envd-proc is not a child of envd-init")
 	}
+
+	// Stopping envd-init only detaches: the plugin keeps running, and the
+	// next envd-init attaches to the same process.
+	if err := e.Stop(); err != nil {
+		t.Fatalf("envd-init exit: %v", err)
+	}
+	select {
+	case <-h2.done:
+		t.Fatalf("the hand-started plugin ended with envd-init: %v", h2.cmd.ProcessState)
+	default:
+	}
+	e2 := envdtest.Start(t, "--reattach", "envd-fs="+file)
+	cl2 := filesystemconnect.NewFilesystemClient(envdtest.Protocols()[0].Client, e2.URL, envdtest.Protocols()[0].Options...)
+	if got, err := servedBy(t, cl2, 20*time.Second); err != nil || got != want {
+		t.Fatalf("through the next envd-init: served by %q (%v), want %s", got, err, want)
+	}
 }
