@@ -260,14 +260,16 @@ func run(cfg Config, log *zap.Logger, export *logexport.Exporter) error {
 			log.Error("serve failed", zap.Error(err))
 		}
 	}
-	// Plugins first: ending user processes and watches is what ends the
-	// streams the front door would otherwise wait for.
+	// User work first: ending user processes and watches is what ends the
+	// streams the front door then waits for, while the plugins still serve
+	// their last events (a process's end); then the plugins.
 	stopCtx, stopCancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer stopCancel()
-	sup.Stop(stopCtx)
+	sup.Shutdown(stopCtx)
 	doorCtx, doorCancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer doorCancel()
 	_ = door.Shutdown(doorCtx)
+	sup.Stop(stopCtx)
 	host.Close()
 	return nil
 }

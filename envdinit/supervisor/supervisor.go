@@ -12,6 +12,7 @@ import (
 	"io"
 	"os/exec"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -79,6 +80,8 @@ type Supervisor struct {
 	order   []string
 	stopped chan struct{}
 	wg      sync.WaitGroup
+
+	shutdownOnce, stopOnce sync.Once
 }
 
 // managed is one plugin slot; its process comes and goes.
@@ -226,6 +229,8 @@ func (s *Supervisor) keep(m *managed) {
 
 func (s *Supervisor) launch(m *managed) (*instance, error) {
 	var run *reapedRunner
+	// started is run for the stop watch below, which runs beside go-plugin.
+	var started atomic.Pointer[reapedRunner]
 	var reattach *plugin.ReattachConfig
 	if m.spec.Reattach != "" {
 		ra, err := contract.LoadReattach(m.spec.Reattach)
@@ -260,6 +265,9 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 			}
 			r, err := newReapedRunner(s.reaper, cmd)
 			run = r
+			if err == nil {
+				started.Store(r)
+			}
 			return r, err
 		},
 		GRPCDialOptions:  contract.DialOptions(),
@@ -279,7 +287,21 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 		client.Kill()
 		return nil, err
 	}
+	// A stop must not wait StartTimeout for a plugin stuck before its
+	// handshake (go-plugin's Kill waits for the handshake's lock): kill the
+	// process itself, which ends the handshake at once.
+	handshook := make(chan struct{})
+	go func() {
+		select {
+		case <-s.stopped:
+			if r := started.Load(); r != nil {
+				_ = r.Kill(context.Background())
+			}
+		case <-handshook:
+		}
+	}()
 	rpc, err := client.Client()
+	close(handshook)
 	if err != nil {
 		return fail(fmt.Errorf("handshake with %s: %w", m.spec.Name, err))
 	}
@@ -533,22 +555,33 @@ func (s *Supervisor) SnapshotRestored(ctx context.Context) error {
 	})
 }
 
-// Stop asks every plugin to end its user-visible work, then stops it.
-func (s *Supervisor) Stop(ctx context.Context) {
-	select {
-	case <-s.stopped:
-		return
-	default:
-	}
-	close(s.stopped)
-	// A plugin started by hand keeps its state for the next envd-init that
-	// attaches to it: only a detach.
-	err := s.each(ctx, "shutdown", true, func(ctx context.Context, c controlpb.ControlClient) error {
-		_, err := c.Shutdown(ctx, &controlpb.ShutdownRequest{})
-		return err
+// Shutdown asks every plugin to end its user-visible work (user processes,
+// watches) and ends restarts, but leaves the plugins serving: the streams
+// this ends still carry their last events (a process's end) to their
+// clients, which go-plugin's abrupt stop of a plugin's gRPC server would
+// cut. Stop ends the plugins.
+func (s *Supervisor) Shutdown(ctx context.Context) {
+	s.shutdownOnce.Do(func() {
+		close(s.stopped)
+		// A plugin started by hand keeps its state for the next envd-init
+		// that attaches to it: only a detach.
+		err := s.each(ctx, "shutdown", true, func(ctx context.Context, c controlpb.ControlClient) error {
+			_, err := c.Shutdown(ctx, &controlpb.ShutdownRequest{})
+			return err
+		})
+		if err != nil {
+			s.log.Warn("plugin shutdown", zap.Error(err))
+		}
 	})
-	if err != nil {
-		s.log.Warn("plugin shutdown", zap.Error(err))
+}
+
+// Stop shuts the plugins down (Shutdown, if not done yet), then stops them.
+func (s *Supervisor) Stop(ctx context.Context) {
+	s.Shutdown(ctx)
+	first := false
+	s.stopOnce.Do(func() { first = true })
+	if !first {
+		return
 	}
 	s.wg.Wait()
 	var wg sync.WaitGroup

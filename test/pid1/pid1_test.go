@@ -362,14 +362,21 @@ func TestPID1SigtermStopsInOrder(t *testing.T) {
 	if !stream.Receive() || stream.Msg().GetEvent().GetStart() == nil {
 		t.Fatalf("no start event: %v", stream.Err())
 	}
+	// envd-fs and envd-net come up shortly after envd-proc.
 	plugins := map[string]int{}
-	for _, name := range []string{"envd-proc", "envd-fs", "envd-net"} {
-		plugins[name] = tr.pluginPid(name)
-		if plugins[name] == 0 {
-			t.Fatalf("%s is not running under envd-init", name)
+	for len(plugins) < 3 {
+		for _, e := range tr.entries() {
+			if e.Msg == "plugin up" {
+				plugins[e.Plugin] = tr.pluginPid(e.Plugin)
+			}
 		}
+		if ctx.Err() != nil {
+			t.Fatalf("not all plugins came up: %v", plugins)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	ended := make(chan *procpb.ProcessEvent_EndEvent, 1)
+	var streamErr error
 	go func() {
 		var end *procpb.ProcessEvent_EndEvent
 		for stream.Receive() {
@@ -377,6 +384,7 @@ func TestPID1SigtermStopsInOrder(t *testing.T) {
 				end = e
 			}
 		}
+		streamErr = stream.Err()
 		ended <- end
 	}()
 
@@ -392,7 +400,10 @@ func TestPID1SigtermStopsInOrder(t *testing.T) {
 	}
 	endAt := time.Now()
 	if end == nil {
-		t.Fatal("the user process's stream ended without an end event")
+		t.Fatalf("the user process's stream ended without an end event: %v", streamErr)
+	}
+	if streamErr != nil {
+		t.Errorf("the user process's stream ended with %v after its end event", streamErr)
 	}
 	if end.GetExited() || end.GetStatus() != "signal: killed" {
 		t.Errorf("user process ended with %v, want killed by envd-proc", end)
@@ -588,5 +599,60 @@ func TestPID1PluginCrashLoop(t *testing.T) {
 	}
 	if tr.err != nil {
 		t.Fatalf("envd-init (PID 1) exit: %v, want 0", tr.err)
+	}
+}
+
+// TestPID1SigtermDuringHandshake: a plugin stuck before its go-plugin
+// handshake (here an envd-fs that only sleeps) does not hold up SIGTERM
+// until the start timeout (10 s): the stop kills it and envd-init exits 0
+// at once.
+func TestPID1SigtermDuringHandshake(t *testing.T) {
+	bundle, err := envdtest.Bundle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for _, name := range []string{"envd-proc", "envd-net"} {
+		// The bundle tells its role from the name it is started under.
+		if err := os.Symlink(filepath.Join(bundle, "envd-init"), filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "envd-fs"), []byte("#!/bin/sh\nexec sleep 1000\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tr := startPID1(t, nil, "--plugin-dir", dir)
+	ctx := envdtest.Ctx(t, 30*time.Second)
+	stuck := 0
+	for stuck == 0 {
+		for _, pid := range envdtest.Children(tr.initPid()) {
+			comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+			if strings.TrimSpace(string(comm)) == "sleep" {
+				stuck = pid
+			}
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the stuck envd-fs never started")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := syscall.Kill(tr.initPid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	sent := time.Now()
+	select {
+	case <-tr.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("envd-init did not exit within 30s of SIGTERM")
+	}
+	took := time.Since(sent)
+	if tr.err != nil {
+		t.Fatalf("envd-init (PID 1) exit: %v, want 0", tr.err)
+	}
+	t.Logf("SIGTERM → exit with envd-fs stuck in its handshake: %v", took.Round(time.Millisecond))
+	// The start timeout is 10 s; a stop that waited for it took longer
+	// than 5 s whatever the load.
+	if took > 5*time.Second {
+		t.Errorf("SIGTERM took %v: it waited for the stuck plugin's start timeout", took)
 	}
 }
