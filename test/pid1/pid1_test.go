@@ -239,6 +239,7 @@ func (tr *tree) noLastingZombie(t *testing.T) {
 // reaps the sandbox's orphans, and user processes still get their exact
 // exit codes while orphans are reaped around them.
 func TestPID1ReapsOrphansAndKeepsExitCodes(t *testing.T) {
+	t.Parallel() // with the crash loop, which mostly waits
 	// --verbose: the reaper logs each orphan it reaps.
 	tr := startPID1(t, nil, "--verbose")
 	ctx := envdtest.Ctx(t, 60*time.Second)
@@ -477,6 +478,7 @@ const (
 // serving; a plugin crashing at run time (SIGABRT: Go's crash dump) comes
 // back too; and SIGTERM still stops it all with exit 0.
 func TestPID1PluginCrashLoop(t *testing.T) {
+	t.Parallel()
 	tr := startPID1(t, []string{"ENVD_TEST_PANIC_AT_START=envd-fs"})
 	ctx := envdtest.Ctx(t, 120*time.Second)
 	init := tr.initPid()
