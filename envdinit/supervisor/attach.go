@@ -3,23 +3,32 @@ package supervisor
 import (
 	"errors"
 	"fmt"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
 
 // processGone returns a channel closed when process pid ends. It works for a
 // process that is not our child (a plugin started by hand, which the reaper
-// never sees): a pidfd becomes readable when its process exits.
-func processGone(pid int) (<-chan struct{}, error) {
+// never sees): a pidfd becomes readable when its process exits. unwatch
+// ends the watch early and releases its thread and fds.
+func processGone(pid int) (gone <-chan struct{}, unwatch func(), err error) {
 	fd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
-		return nil, fmt.Errorf("pidfd_open(%d): %w", pid, err)
+		return nil, nil, fmt.Errorf("pidfd_open(%d): %w", pid, err)
 	}
-	gone := make(chan struct{})
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		unix.Close(fd)
+		return nil, nil, fmt.Errorf("pipe: %w", err)
+	}
+	ch := make(chan struct{})
 	go func() {
-		defer close(gone)
+		defer close(ch)
 		defer unix.Close(fd)
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		defer unix.Close(p[0])
+		// The pipe's write end closing (unwatch) wakes the poll too.
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(p[0]), Events: unix.POLLIN}}
 		for {
 			// Blocks one thread per attached plugin: a debugging setup only.
 			_, err := unix.Poll(fds, -1)
@@ -28,5 +37,6 @@ func processGone(pid int) (<-chan struct{}, error) {
 			}
 		}
 	}()
-	return gone, nil
+	var once sync.Once
+	return ch, func() { once.Do(func() { unix.Close(p[1]) }) }, nil
 }

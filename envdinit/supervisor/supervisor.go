@@ -109,6 +109,8 @@ type instance struct {
 	health  *controlpb.HealthResponse
 	// exited is closed when the plugin process has ended.
 	exited <-chan struct{}
+	// unwatch ends the watch of a hand-started plugin's end, or is nil.
+	unwatch func()
 }
 
 // status describes how the plugin ended.
@@ -125,6 +127,7 @@ func (i *instance) close() {
 	if i.runner == nil {
 		// go-plugin leaves an attached plugin and its connection alone.
 		_ = i.conn.Close()
+		i.unwatch()
 	}
 }
 
@@ -273,14 +276,8 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 		GRPCDialOptions:  contract.DialOptions(),
 		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: s.opts.SocketDir},
 	}
-	var exited <-chan struct{}
 	if reattach != nil {
 		cc.RunnerFunc, cc.UnixSocketConfig, cc.Reattach = nil, nil, reattach
-		gone, err := processGone(reattach.Pid)
-		if err != nil {
-			return nil, fmt.Errorf("attach to %s started by hand (pid %d): %w", m.spec.Name, reattach.Pid, err)
-		}
-		exited = gone
 	}
 	client := plugin.NewClient(cc)
 	fail := func(err error) (*instance, error) {
@@ -313,15 +310,20 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 	if !ok {
 		return fail(fmt.Errorf("%s dispensed %T, want a gRPC connection", m.spec.Name, raw))
 	}
-	if run != nil {
-		exited = run.Exited()
-	}
-	inst := &instance{client: client, conn: conn, control: controlpb.NewControlClient(conn), runner: run, exited: exited}
+	inst := &instance{client: client, conn: conn, control: controlpb.NewControlClient(conn), runner: run}
 	if reattach != nil {
+		gone, unwatch, err := processGone(reattach.Pid)
+		if err != nil {
+			_ = conn.Close()
+			return fail(fmt.Errorf("attach to %s started by hand (pid %d): %w", m.spec.Name, reattach.Pid, err))
+		}
+		inst.exited, inst.unwatch = gone, unwatch
 		fail = func(err error) (*instance, error) {
 			inst.close()
 			return nil, err
 		}
+	} else {
+		inst.exited = run.Exited()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.opts.StartTimeout)
 	defer cancel()
