@@ -139,6 +139,9 @@ func TestReattachHandStartedPlugin(t *testing.T) {
 	// new debugger session): envd-init notices the end, rereads the file
 	// and attaches to the new process.
 	h.stop(t)
+	if _, err := os.Stat(file); !os.IsNotExist(err) {
+		t.Errorf("the stopped plugin left its reattach file: %v", err)
+	}
 	h2 := startByHand(t, file)
 	want := fmt.Sprintf("/proc/%d", h2.cmd.Process.Pid)
 	deadline := time.Now().Add(30 * time.Second)

@@ -269,27 +269,35 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem, dbg *debugServer) 
 	// controller; a SIGTERM from elsewhere (a whole-tree kill) must still
 	// end user work first. SIGINT is ignored: a terminal ^C reaches the
 	// whole process group and envd-init decides the order.
-	// A hand-started plugin (--debug-server) belongs to its terminal: ^C
-	// stops it like SIGTERM.
 	sig := make(chan os.Signal, 1)
-	if dbg != nil {
-		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	} else {
+	var test *plugin.ServeTestConfig
+	if dbg == nil {
 		signal.Ignore(syscall.SIGINT)
 		signal.Notify(sig, syscall.SIGTERM)
-	}
-	go func() {
-		<-sig
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = sub.Shutdown(ctx)
-		os.Exit(0)
-	}()
-	var test *plugin.ServeTestConfig
-	if dbg != nil {
+		go func() {
+			<-sig
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = sub.Shutdown(ctx)
+			os.Exit(0)
+		}()
+	} else {
+		// A hand-started plugin belongs to its terminal: ^C stops it like
+		// SIGTERM, through the return below, so that its sockets and
+		// reattach file go too.
+		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+		stopped, stop := context.WithCancel(context.Background())
+		defer stop()
+		go func() {
+			<-sig
+			stop()
+		}()
+		if dbg.file != "" {
+			defer os.Remove(dbg.file)
+		}
 		reattach := make(chan *plugin.ReattachConfig, 1)
 		closed := make(chan struct{})
-		test = &plugin.ServeTestConfig{ReattachConfigCh: reattach, CloseCh: closed}
+		test = &plugin.ServeTestConfig{Context: stopped, ReattachConfigCh: reattach, CloseCh: closed}
 		go func() {
 			select {
 			case rc := <-reattach:
