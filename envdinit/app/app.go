@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -56,6 +57,9 @@ type Config struct {
 	Verbose    bool
 	PluginDir  string
 	MMDSAddr   string
+	// Reattach maps a plugin name to where it was started by hand
+	// (--reattach NAME=JSON|FILE, for debugging one plugin).
+	Reattach map[string]string
 }
 
 // Main runs envd-init and returns its exit code.
@@ -97,6 +101,18 @@ func parseFlags(args []string) (Config, int, bool) {
 	fs.BoolVar(&cfg.Verbose, "verbose", false, "debug logging")
 	fs.StringVar(&cfg.PluginDir, "plugin-dir", "", "directory of the plugin executables (default: next to envd-init)")
 	fs.StringVar(&cfg.MMDSAddr, "mmds-addr", "169.254.169.254:80", "Firecracker MMDS address")
+	cfg.Reattach = map[string]string{}
+	fs.Func("reattach", "NAME=JSON or NAME=FILE: attach to plugin NAME started by hand with --debug-server instead of starting it (repeatable)", func(v string) error {
+		name, src, ok := strings.Cut(v, "=")
+		if !ok || src == "" {
+			return fmt.Errorf("want NAME=JSON or NAME=FILE, got %q", v)
+		}
+		if name != contract.Proc && name != contract.FS && name != contract.Net {
+			return fmt.Errorf("no plugin %q (want %s, %s or %s)", name, contract.Proc, contract.FS, contract.Net)
+		}
+		cfg.Reattach[name] = src
+		return nil
+	})
 	version := fs.Bool("version", false, "print the version and exit")
 	commit := fs.Bool("commit", false, "print the commit and exit")
 	if err := fs.Parse(args); err != nil {
@@ -140,10 +156,11 @@ func pluginSpecs(cfg Config, cg cgroups.Manager) ([]supervisor.Spec, error) {
 	var specs []supervisor.Spec
 	for _, name := range []string{contract.Proc, contract.FS, contract.Net} {
 		path := filepath.Join(dir, name)
-		if _, err := os.Stat(path); err != nil {
+		reattach := cfg.Reattach[name]
+		if _, err := os.Stat(path); err != nil && reattach == "" {
 			return nil, fmt.Errorf("plugin %s: %w", name, err)
 		}
-		spec := supervisor.Spec{Name: name, Path: path, Args: common, CgroupFD: -1}
+		spec := supervisor.Spec{Name: name, Path: path, Args: common, CgroupFD: -1, Reattach: reattach}
 		if fd, ok := cg.FD(cgroups.Forwarder); ok && name == contract.Net {
 			spec.CgroupFD = fd
 		}
@@ -250,14 +267,16 @@ func run(cfg Config, log *zap.Logger, export *logexport.Exporter) error {
 			log.Error("serve failed", zap.Error(err))
 		}
 	}
-	// Plugins first: ending user processes and watches is what ends the
-	// streams the front door would otherwise wait for.
+	// User work first: ending user processes and watches is what ends the
+	// streams the front door then waits for, while the plugins still serve
+	// their last events (a process's end); then the plugins.
 	stopCtx, stopCancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer stopCancel()
-	sup.Stop(stopCtx)
+	sup.Shutdown(stopCtx)
 	doorCtx, doorCancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer doorCancel()
 	_ = door.Shutdown(doorCtx)
+	sup.Stop(stopCtx)
 	host.Close()
 	return nil
 }

@@ -27,6 +27,11 @@ type reapedRunner struct {
 	once   sync.Once
 	exit   reaper.Exit
 
+	// mu orders Start with a Kill from another goroutine (a stop during
+	// the handshake); killed makes a Kill before Start stick.
+	mu     sync.Mutex
+	killed bool
+
 	// cgroupRefused is why the plugin could not be started in its cgroup
 	// (it was started outside it), or nil.
 	cgroupRefused error
@@ -50,6 +55,15 @@ func newReapedRunner(r *reaper.Reaper, cmd *exec.Cmd) (*reapedRunner, error) {
 }
 
 func (r *reapedRunner) Start(context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.killed {
+		r.outW.Close()
+		r.errW.Close()
+		r.stdout.Close()
+		r.stderr.Close()
+		return fmt.Errorf("start %s: killed before it started", r.cmd.Path)
+	}
 	ch, err := r.reaper.Start(r.cmd)
 	if err != nil && r.cmd.SysProcAttr != nil && r.cmd.SysProcAttr.UseCgroupFD {
 		// A kernel without CLONE_INTO_CGROUP (before 5.7), or a group it
@@ -91,6 +105,12 @@ func (r *reapedRunner) Wait(ctx context.Context) error {
 func (r *reapedRunner) Exited() <-chan struct{} { return r.exited }
 
 func (r *reapedRunner) Kill(context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.killed = true
+	if r.cmd.Process == nil {
+		return nil // not started; Start now refuses
+	}
 	select {
 	case <-r.exited:
 		return nil

@@ -13,6 +13,7 @@ import (
 	"io"
 	"os/exec"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -37,6 +38,10 @@ type Spec struct {
 	// CgroupFD, when >= 0, is the cgroup directory the plugin is spawned
 	// into (envd-net relays user traffic, so it lives in the forwarder group).
 	CgroupFD int
+	// Reattach, when set, is where a plugin started by hand serves
+	// (contract.LoadReattach: JSON, or a file holding it): the supervisor
+	// attaches to it instead of starting the plugin, and never kills it.
+	Reattach string
 }
 
 // Options tune the supervisor.
@@ -76,6 +81,8 @@ type Supervisor struct {
 	order   []string
 	stopped chan struct{}
 	wg      sync.WaitGroup
+
+	shutdownOnce, stopOnce sync.Once
 }
 
 // managed is one plugin slot; its process comes and goes.
@@ -99,8 +106,30 @@ type instance struct {
 	client  *plugin.Client
 	conn    *grpc.ClientConn
 	control controlpb.ControlClient
-	runner  *reapedRunner
+	runner  *reapedRunner // nil when attached to a hand-started plugin
 	health  *controlpb.HealthResponse
+	// exited is closed when the plugin process has ended.
+	exited <-chan struct{}
+	// unwatch ends the watch of a hand-started plugin's end, or is nil.
+	unwatch func()
+}
+
+// status describes how the plugin ended.
+func (i *instance) status() string {
+	if i.runner == nil {
+		return "ended (started by hand: status unknown)"
+	}
+	return i.runner.exit.String()
+}
+
+// close drops the connection to a plugin that ended or is being stopped.
+func (i *instance) close() {
+	i.client.Kill()
+	if i.runner == nil {
+		// go-plugin leaves an attached plugin and its connection alone.
+		_ = i.conn.Close()
+		i.unwatch()
+	}
 }
 
 // New prepares a supervisor; Start launches the plugins.
@@ -181,13 +210,13 @@ func (s *Supervisor) keep(m *managed) {
 		} else {
 			m.log.Info("plugin up", zap.Int("pid", int(inst.health.GetPid())), zap.Duration("took", time.Since(began)))
 			select {
-			case <-inst.runner.Exited():
-				m.log.Error("plugin exited; restarting", zap.Stringer("status", inst.runner.exit))
+			case <-inst.exited:
+				m.log.Error("plugin exited; restarting", zap.String("status", inst.status()))
 			case <-s.stopped:
 				return
 			}
 			m.setDown(inst)
-			inst.client.Kill() // closes the connection; the process is gone
+			inst.close() // the process is gone
 			// A plugin that ran for a while earns a fast restart.
 			if time.Since(began) > 10*time.Second {
 				backoff = s.opts.MinBackoff
@@ -204,7 +233,19 @@ func (s *Supervisor) keep(m *managed) {
 
 func (s *Supervisor) launch(m *managed) (*instance, error) {
 	var run *reapedRunner
-	client := plugin.NewClient(&plugin.ClientConfig{
+	// started is run for the stop watch below, which runs beside go-plugin.
+	var started atomic.Pointer[reapedRunner]
+	var reattach *plugin.ReattachConfig
+	if m.spec.Reattach != "" {
+		ra, err := contract.LoadReattach(m.spec.Reattach)
+		if err == nil {
+			reattach, err = ra.Config()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("attach to %s started by hand: %w", m.spec.Name, err)
+		}
+	}
+	cc := &plugin.ClientConfig{
 		HandshakeConfig:  contract.Handshake,
 		Plugins:          plugin.PluginSet{contract.DispenseName: &contract.GRPCPlugin{}},
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
@@ -228,16 +269,37 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 			}
 			r, err := newReapedRunner(s.reaper, cmd)
 			run = r
+			if err == nil {
+				started.Store(r)
+			}
 			return r, err
 		},
 		GRPCDialOptions:  contract.DialOptions(),
 		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: s.opts.SocketDir},
-	})
+	}
+	if reattach != nil {
+		cc.RunnerFunc, cc.UnixSocketConfig, cc.Reattach = nil, nil, reattach
+	}
+	client := plugin.NewClient(cc)
 	fail := func(err error) (*instance, error) {
 		client.Kill()
 		return nil, err
 	}
+	// A stop must not wait StartTimeout for a plugin stuck before its
+	// handshake (go-plugin's Kill waits for the handshake's lock): kill the
+	// process itself, which ends the handshake at once.
+	handshook := make(chan struct{})
+	go func() {
+		select {
+		case <-s.stopped:
+			if r := started.Load(); r != nil {
+				_ = r.Kill(context.Background())
+			}
+		case <-handshook:
+		}
+	}()
 	rpc, err := client.Client()
+	close(handshook)
 	if err != nil {
 		return fail(fmt.Errorf("handshake with %s: %w", m.spec.Name, err))
 	}
@@ -250,6 +312,20 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 		return fail(fmt.Errorf("%s dispensed %T, want a gRPC connection", m.spec.Name, raw))
 	}
 	inst := &instance{client: client, conn: conn, control: controlpb.NewControlClient(conn), runner: run}
+	if reattach != nil {
+		gone, unwatch, err := processGone(reattach.Pid)
+		if err != nil {
+			_ = conn.Close()
+			return fail(fmt.Errorf("attach to %s started by hand (pid %d): %w", m.spec.Name, reattach.Pid, err))
+		}
+		inst.exited, inst.unwatch = gone, unwatch
+		fail = func(err error) (*instance, error) {
+			inst.close()
+			return nil, err
+		}
+	} else {
+		inst.exited = run.Exited()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.opts.StartTimeout)
 	defer cancel()
 	cfg := s.store.Config()
@@ -342,11 +418,11 @@ func (s *Supervisor) wait(ctx context.Context, name string, stale grpc.ClientCon
 				return inst, nil
 			}
 			select {
-			case <-inst.runner.Exited():
+			case <-inst.exited:
 				// keep() marks it down right after; look again shortly.
 				wake = nil
 			default:
-				wake = inst.runner.Exited()
+				wake = inst.exited
 			}
 		}
 		var retry <-chan time.Time
@@ -439,8 +515,9 @@ func (s *Supervisor) Ready(ctx context.Context) error {
 	return nil
 }
 
-// each calls fn on every running plugin in parallel and joins the errors.
-func (s *Supervisor) each(ctx context.Context, what string, fn func(context.Context, controlpb.ControlClient) error) error {
+// each calls fn on every running plugin in parallel and joins the errors;
+// ownOnly leaves out plugins started by hand (--reattach).
+func (s *Supervisor) each(ctx context.Context, what string, ownOnly bool, fn func(context.Context, controlpb.ControlClient) error) error {
 	var (
 		mu   sync.Mutex
 		errs []error
@@ -448,7 +525,7 @@ func (s *Supervisor) each(ctx context.Context, what string, fn func(context.Cont
 	)
 	for _, name := range s.order {
 		inst, _ := s.plugins[name].current()
-		if inst == nil {
+		if inst == nil || (ownOnly && inst.runner == nil) {
 			continue
 		}
 		wg.Add(1)
@@ -467,7 +544,7 @@ func (s *Supervisor) each(ctx context.Context, what string, fn func(context.Cont
 
 // SnapshotPrepare tells every plugin to quiesce before a VM snapshot.
 func (s *Supervisor) SnapshotPrepare(ctx context.Context) error {
-	return s.each(ctx, "snapshot prepare", func(ctx context.Context, c controlpb.ControlClient) error {
+	return s.each(ctx, "snapshot prepare", false, func(ctx context.Context, c controlpb.ControlClient) error {
 		_, err := c.SnapshotPrepare(ctx, &controlpb.SnapshotPrepareRequest{})
 		return err
 	})
@@ -475,38 +552,64 @@ func (s *Supervisor) SnapshotPrepare(ctx context.Context) error {
 
 // SnapshotRestored tells every plugin the VM was restored.
 func (s *Supervisor) SnapshotRestored(ctx context.Context) error {
-	return s.each(ctx, "snapshot restored", func(ctx context.Context, c controlpb.ControlClient) error {
+	return s.each(ctx, "snapshot restored", false, func(ctx context.Context, c controlpb.ControlClient) error {
 		_, err := c.SnapshotRestored(ctx, &controlpb.SnapshotRestoredRequest{})
 		return err
 	})
 }
 
-// Stop asks every plugin to end its user-visible work, then stops it.
-func (s *Supervisor) Stop(ctx context.Context) {
-	select {
-	case <-s.stopped:
-		return
-	default:
-	}
-	close(s.stopped)
-	err := s.each(ctx, "shutdown", func(ctx context.Context, c controlpb.ControlClient) error {
-		_, err := c.Shutdown(ctx, &controlpb.ShutdownRequest{})
-		return err
+// Shutdown asks every plugin to end its user-visible work (user processes,
+// watches) and ends restarts, but leaves the plugins serving: the streams
+// this ends still carry their last events (a process's end) to their
+// clients, which go-plugin's abrupt stop of a plugin's gRPC server would
+// cut. Stop ends the plugins.
+func (s *Supervisor) Shutdown(ctx context.Context) {
+	s.shutdownOnce.Do(func() {
+		close(s.stopped)
+		// A plugin started by hand keeps its state for the next envd-init
+		// that attaches to it: only a detach.
+		err := s.each(ctx, "shutdown", true, func(ctx context.Context, c controlpb.ControlClient) error {
+			_, err := c.Shutdown(ctx, &controlpb.ShutdownRequest{})
+			return err
+		})
+		if err != nil {
+			s.log.Warn("plugin shutdown", zap.Error(err))
+		}
 	})
-	if err != nil {
-		s.log.Warn("plugin shutdown", zap.Error(err))
+}
+
+// Stop shuts the plugins down (Shutdown, if not done yet), then stops them.
+func (s *Supervisor) Stop(ctx context.Context) {
+	s.Shutdown(ctx)
+	first := false
+	s.stopOnce.Do(func() { first = true })
+	if !first {
+		return
 	}
 	s.wg.Wait()
 	var wg sync.WaitGroup
 	for _, name := range s.order {
-		inst, _ := s.plugins[name].current()
+		m := s.plugins[name]
+		inst, _ := m.current()
 		if inst == nil {
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			inst.client.Kill()
+			inst.close()
+			if inst.runner == nil {
+				m.log.Info("detached from the plugin started by hand; it keeps running")
+				return
+			}
+			// How each plugin ended shows whether the stop was clean (exit
+			// status 0) or had to kill it.
+			select {
+			case <-inst.exited:
+				m.log.Info("plugin stopped", zap.String("status", inst.status()))
+			case <-ctx.Done():
+				m.log.Warn("plugin still running after stop", zap.Error(ctx.Err()))
+			}
 		}()
 	}
 	wg.Wait()

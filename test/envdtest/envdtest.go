@@ -92,6 +92,8 @@ type Envd struct {
 	log  *lockedBuffer
 	done chan struct{}
 	err  error
+	// reattached plugins were started by hand (--reattach): not children.
+	reattached map[string]bool
 }
 
 type lockedBuffer struct {
@@ -172,7 +174,7 @@ func startE(files []*os.File, flags []string) (*Envd, error) {
 	if !hasFlag(flags, "--cgroup-root") {
 		args = append(args, "--no-cgroups")
 	}
-	e := &Envd{Port: port, URL: fmt.Sprintf("http://127.0.0.1:%d", port), log: &lockedBuffer{}, done: make(chan struct{})}
+	e := &Envd{Port: port, URL: fmt.Sprintf("http://127.0.0.1:%d", port), log: &lockedBuffer{}, done: make(chan struct{}), reattached: reattachedPlugins(flags)}
 	e.Cmd = exec.Command(filepath.Join(dir, "envd-init"), args...)
 	e.Cmd.Stdout, e.Cmd.Stderr = e.log, e.log
 	e.Cmd.ExtraFiles = files
@@ -186,6 +188,21 @@ func startE(files []*os.File, flags []string) (*Envd, error) {
 		return nil, fmt.Errorf("%w\n%s", err, e.Log())
 	}
 	return e, nil
+}
+
+// reattachedPlugins names the plugins given to --reattach NAME=... .
+func reattachedPlugins(flags []string) map[string]bool {
+	out := map[string]bool{}
+	for i, f := range flags {
+		v, ok := strings.CutPrefix(f, "--reattach=")
+		if !ok && f == "--reattach" && i+1 < len(flags) {
+			v, ok = flags[i+1], true
+		}
+		if name, _, cut := strings.Cut(v, "="); ok && cut {
+			out[name] = true
+		}
+	}
+	return out
 }
 
 func hasFlag(flags []string, name string) bool {
@@ -220,7 +237,7 @@ func (e *Envd) WaitHealthy(timeout time.Duration) error {
 
 func (e *Envd) pluginsUp() bool {
 	for _, name := range []string{"envd-proc", "envd-fs", "envd-net"} {
-		if e.PluginPid(name) == 0 {
+		if !e.reattached[name] && e.PluginPid(name) == 0 {
 			return false
 		}
 	}

@@ -8,6 +8,7 @@ package pluginmain
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,11 +18,13 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
 	controlpb "github.com/envd-project/envd/gen/control"
+	"github.com/envd-project/envd/internal/atomicfile"
 	"github.com/envd-project/envd/internal/logging"
 	"github.com/envd-project/envd/internal/memtrim"
 	"github.com/envd-project/envd/internal/users"
@@ -79,6 +82,8 @@ func Main(spec Spec, args []string) int {
 	cgroupRoot := fs.String("cgroup-root", "/sys/fs/cgroup", "cgroup v2 root")
 	noCgroups := fs.Bool("no-cgroups", false, "do not place processes into cgroups")
 	user := fs.String("default-user", "root", "default user (--standalone)")
+	debug := fs.Bool("debug-server", false, "serve go-plugin without envd-init (under a debugger) and print the reattach info for envd-init --reattach")
+	reattachFile := fs.String("reattach-file", "", "with --debug-server: also write the reattach info to this file (envd-init --reattach NAME=FILE rereads it)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -88,8 +93,10 @@ func Main(spec Spec, args []string) int {
 	log := logging.New(*verbose).With(zap.String("plugin", spec.Name))
 	defer func() { _ = log.Sync() }()
 
-	if !*standalone && os.Getenv(contract.Handshake.MagicCookieKey) != contract.Handshake.MagicCookieValue {
-		fmt.Fprintf(os.Stderr, "%s is a plugin of envd-init; run it with --standalone --port N to serve it alone\n", spec.Name)
+	*debug = *debug || *reattachFile != ""
+	if !*standalone && !*debug && os.Getenv(contract.Handshake.MagicCookieKey) != contract.Handshake.MagicCookieValue {
+		fmt.Fprintf(os.Stderr, "%s is a plugin of envd-init; run it with --standalone --port N to serve it alone,\n"+
+			"or with --debug-server to serve envd-init --reattach\n", spec.Name)
 		return 2
 	}
 
@@ -103,10 +110,30 @@ func Main(spec Spec, args []string) int {
 		log.Error("start failed", zap.Error(err))
 		return 1
 	}
+	panicAtStartForTests(spec.Name)
 	if *standalone {
 		return serveStandalone(log, sub, *addr, *port)
 	}
-	return servePlugin(log, spec.Name, sub)
+	var dbg *debugServer
+	if *debug {
+		dbg = &debugServer{file: *reattachFile}
+	}
+	return servePlugin(log, spec.Name, sub, dbg)
+}
+
+// PanicAtStartEnv names plugins (comma-separated) that panic right after
+// they are built, on every start: the PID-namespace test uses it to show
+// that a panicking plugin never takes envd-init down and that a plugin
+// crashing in a loop is restarted with capped backoff. It is read only
+// here, once per plugin start, and does nothing when unset.
+const PanicAtStartEnv = "ENVD_TEST_PANIC_AT_START"
+
+func panicAtStartForTests(name string) {
+	for _, n := range strings.Split(os.Getenv(PanicAtStartEnv), ",") {
+		if n == name {
+			panic(fmt.Sprintf("%s=%s: %s panics at start (test trigger)", PanicAtStartEnv, os.Getenv(PanicAtStartEnv), name))
+		}
+	}
 }
 
 // publicMux serves the plugin's public API: its Connect services and its
@@ -156,7 +183,52 @@ type controllable struct {
 func (c controllable) HTTPSocket() string    { return c.socket }
 func (c controllable) HandoffSocket() string { return c.handoff }
 
-func servePlugin(log *zap.Logger, name string, sub Subsystem) int {
+// debugServer is --debug-server: go-plugin's test mode, which serves
+// without the handshake cookie and hands back a reattach config instead of
+// talking to a parent on stdout.
+type debugServer struct {
+	file string // --reattach-file, or ""
+}
+
+// announce prints (and writes to --reattach-file) how envd-init attaches.
+func (d *debugServer) announce(log *zap.Logger, name string, rc *plugin.ReattachConfig) error {
+	b, err := json.Marshal(contract.NewReattach(rc))
+	if err != nil {
+		return fmt.Errorf("reattach info: %w", err)
+	}
+	if d.file != "" {
+		if err := atomicfile.Write(d.file, string(b)+"\n", 0o600); err != nil {
+			return fmt.Errorf("reattach file: %w", err)
+		}
+	}
+	src := "'" + string(b) + "'"
+	if d.file != "" {
+		src = d.file
+	}
+	fmt.Printf("%s serving for reattach (pid %d); start envd-init with:\n  --reattach %s=%s\n", name, rc.Pid, name, src)
+	log.Info("debug server up", zap.String("reattach", string(b)))
+	return nil
+}
+
+// debugSocketDir is where a hand-started plugin puts its sockets: envd's
+// private run directory when we may create it (as under envd-init),
+// else the temp dir.
+func debugSocketDir(log *zap.Logger) {
+	if os.Getenv(plugin.EnvUnixSocketDir) != "" {
+		return
+	}
+	const dir = "/run/envd"
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		log.Warn("sockets go to the temp dir", zap.Error(err))
+		return
+	}
+	_ = os.Setenv(plugin.EnvUnixSocketDir, dir)
+}
+
+func servePlugin(log *zap.Logger, name string, sub Subsystem, dbg *debugServer) int {
+	if dbg != nil {
+		debugSocketDir(log)
+	}
 	ctl := controllable{Subsystem: sub}
 	trim := memtrim.New(trimIdle)
 	go trim.Run(context.Background())
@@ -199,17 +271,48 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem) int {
 	// controller; a SIGTERM from elsewhere (a whole-tree kill) must still
 	// end user work first. SIGINT is ignored: a terminal ^C reaches the
 	// whole process group and envd-init decides the order.
-	signal.Ignore(syscall.SIGINT)
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM)
-	go func() {
-		<-sig
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = sub.Shutdown(ctx)
-		os.Exit(0)
-	}()
+	var test *plugin.ServeTestConfig
+	if dbg == nil {
+		signal.Ignore(syscall.SIGINT)
+		signal.Notify(sig, syscall.SIGTERM)
+		go func() {
+			<-sig
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = sub.Shutdown(ctx)
+			os.Exit(0)
+		}()
+	} else {
+		// A hand-started plugin belongs to its terminal: ^C stops it like
+		// SIGTERM, through the return below, so that its sockets and
+		// reattach file go too.
+		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+		stopped, stop := context.WithCancel(context.Background())
+		defer stop()
+		go func() {
+			<-sig
+			stop()
+		}()
+		if dbg.file != "" {
+			defer os.Remove(dbg.file)
+		}
+		reattach := make(chan *plugin.ReattachConfig, 1)
+		closed := make(chan struct{})
+		test = &plugin.ServeTestConfig{Context: stopped, ReattachConfigCh: reattach, CloseCh: closed}
+		go func() {
+			select {
+			case rc := <-reattach:
+				if err := dbg.announce(log, name, rc); err != nil {
+					log.Error("debug server", zap.Error(err))
+					os.Exit(1)
+				}
+			case <-closed:
+			}
+		}()
+	}
 	plugin.Serve(&plugin.ServeConfig{
+		Test:            test,
 		HandshakeConfig: contract.Handshake,
 		Plugins: plugin.PluginSet{contract.DispenseName: &contract.GRPCPlugin{Register: func(s *grpc.Server) {
 			controlpb.RegisterControlServer(s, &contract.ControlServer{Name: name, Target: ctl})
