@@ -1,4 +1,4 @@
-// Package pid1 runs the real envd bundle as PID 1 of a new PID namespace
+// Package pid1 (Test-only) runs the real envd bundle as PID 1 of a new PID namespace
 // (util-linux `unshare --pid --fork --mount-proc`, so envd-init's /proc is
 // the namespace's), the way it runs in a VM: it inherits every orphan of
 // the sandbox, nothing reaps behind its back, and a signal it gets from
