@@ -25,6 +25,7 @@ import (
 	"github.com/envd-project/envd/envdinit/reaper"
 	"github.com/envd-project/envd/envdinit/state"
 	"github.com/envd-project/envd/envdinit/supervisor"
+	"github.com/envd-project/envd/envdinit/sysinit"
 	controlpb "github.com/envd-project/envd/gen/control"
 	procpb "github.com/envd-project/envd/gen/process"
 	"github.com/envd-project/envd/internal/cgroups"
@@ -54,6 +55,7 @@ type Config struct {
 	Verbose    bool
 	PluginDir  string
 	MMDSAddr   string
+	SysInit    sysinit.Mode
 }
 
 // Main runs envd-init and returns its exit code.
@@ -62,6 +64,8 @@ func Main(args []string) int {
 	if done {
 		return code
 	}
+	// As a VM's init: /dev and the console fds before anything opens a file.
+	sys := sysinit.Start(cfg.SysInit)
 	// Inside Firecracker the host collects our log lines (WIRE §9.10);
 	// where to is known once MMDS answers.
 	var export *logexport.Exporter
@@ -72,8 +76,14 @@ func Main(args []string) int {
 	}
 	log := logging.New(cfg.Verbose, also...).Named("envd-init")
 	defer func() { _ = log.Sync() }()
-	if err := run(cfg, log, export); err != nil {
+	sys.BringUp(log.Named("sysinit"))
+	err := run(cfg, log, export, sys)
+	if err != nil {
 		log.Error("envd-init failed", zap.Error(err))
+	}
+	// PID 1 never returns: it powers off or reboots.
+	sys.Finish(err)
+	if err != nil {
 		return 1
 	}
 	return 0
@@ -91,6 +101,7 @@ func parseFlags(args []string) (Config, int, bool) {
 	fs.BoolVar(&cfg.Verbose, "verbose", false, "debug logging")
 	fs.StringVar(&cfg.PluginDir, "plugin-dir", "", "directory of the plugin executables (default: next to envd-init)")
 	fs.StringVar(&cfg.MMDSAddr, "mmds-addr", "169.254.169.254:80", "Firecracker MMDS address")
+	sysMode := fs.String("sysinit", string(sysinit.Auto), "system bring-up as a VM's init: auto (when PID 1 and /proc is not mounted), on or off")
 	version := fs.Bool("version", false, "print the version and exit")
 	commit := fs.Bool("commit", false, "print the commit and exit")
 	if err := fs.Parse(args); err != nil {
@@ -107,6 +118,12 @@ func parseFlags(args []string) (Config, int, bool) {
 		fmt.Println(Commit)
 		return cfg, 0, true
 	}
+	mode, err := sysinit.ParseMode(*sysMode)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return cfg, 2, true
+	}
+	cfg.SysInit = mode
 	cfg.Flavor = state.Flavor(*flavor)
 	if cfg.Flavor != state.FlavorWrenn && cfg.Flavor != state.FlavorE2B {
 		fmt.Fprintf(os.Stderr, "--flavor must be wrenn or e2b, not %q\n", *flavor)
@@ -160,7 +177,7 @@ func executable() (string, error) {
 	return filepath.Abs(exe)
 }
 
-func run(cfg Config, log *zap.Logger, export *logexport.Exporter) error {
+func run(cfg Config, log *zap.Logger, export *logexport.Exporter, sys *sysinit.System) error {
 	if err := reaper.MakeSubreaper(); err != nil {
 		return err
 	}
@@ -234,10 +251,11 @@ func run(cfg Config, log *zap.Logger, export *logexport.Exporter) error {
 		zap.String("flavor", string(cfg.Flavor)), zap.Int("pid", os.Getpid()))
 
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sig, append(sys.Signals(), syscall.SIGTERM, syscall.SIGINT)...)
 	select {
 	case s := <-sig:
 		log.Info("stopping", zap.Stringer("signal", s))
+		sys.Requested(s)
 	case err := <-serveErr:
 		if err != nil {
 			log.Error("serve failed", zap.Error(err))
