@@ -251,7 +251,8 @@ func (s *System) Requested(sig os.Signal) {
 // Finish is the end of PID 1: envd's own stop is done (plugins and their
 // user processes are ended); it ends every other process, syncs, unmounts
 // and calls reboot(2). After a failed start (err) it first waits for a
-// shutdown signal, so the console stays readable. It never returns.
+// shutdown signal, so the console stays readable. As PID 1 it never
+// returns.
 func (s *System) Finish(err error) {
 	if s == nil {
 		return
@@ -266,6 +267,12 @@ func (s *System) Finish(err error) {
 }
 
 func (s *System) shutdown(a Action) {
+	if os.Getpid() != 1 {
+		// --sysinit=on outside PID 1: killing every process and rebooting
+		// are the machine's init's job, not ours.
+		s.log.Info("not PID 1: leaving the poweroff to the system's init", zap.Stringer("action", a))
+		return
+	}
 	s.log.Info("system going down", zap.Stringer("action", a))
 	_ = s.log.Sync()
 	killAll(s.log, 3*time.Second)
