@@ -143,7 +143,8 @@ async function waitHealth(vm) {
 async function firstRun(vm, sbx) {
   const deadline = vm.t0 + BOOT_TIMEOUT_MS
   let last
-  for (;;) {
+  for (let attempt = 1; ; attempt++) {
+    if (attempt > 1 && attempt % 20 === 2) log(`${vm.name}: commands.run attempt ${attempt - 1} failed: ${last}`)
     if (vm.code !== undefined) fail(vm, `${vm.name}: QEMU exited (${vm.code})`)
     try {
       const r = await sbx.commands.run('echo ready', { requestTimeoutMs: 5000, timeoutMs: 10_000 })
@@ -417,8 +418,9 @@ async function boot2() {
     await sleep(20)
   }
   rq.close()
+  figures.restoreCont = performance.now() - rv.t0
   figures.restoreRun = await firstRun(rv, sbx)
-  log(`restore: first commands.run ${(figures.restoreRun / 1000).toFixed(2)} s after QEMU start`)
+  log(`restore: running ${(figures.restoreCont / 1000).toFixed(2)} s, first commands.run ${(figures.restoreRun / 1000).toFixed(2)} s after QEMU start`)
   assert.equal(await health(), 204, '/health after the restore')
 
   const pids = (await sbx.commands.list()).map((p) => p.pid)
@@ -444,9 +446,10 @@ async function boot2() {
   // host's time (what E2B's orchestrator sends after a resume) steps it.
   const skew = async () => {
     const before = Date.now()
-    const r = await root(sbx, 'date +%s%N')
+    // bash's EPOCHREALTIME: microseconds (busybox date has no %N).
+    const r = await root(sbx, 'echo $EPOCHREALTIME')
     const mid = (before + Date.now()) / 2
-    return Number(BigInt(r.stdout.trim()) / 1000000n) - mid
+    return Number(r.stdout.trim()) * 1000 - mid
   }
   figures.skewBefore = await skew()
   assert.ok(figures.skewBefore < -2000, `the guest clock should lag after a 3 s+ pause, skew ${figures.skewBefore} ms`)
@@ -456,7 +459,9 @@ async function boot2() {
   })
   assert.equal(init.status, 204)
   figures.skewAfter = await skew()
-  assert.ok(Math.abs(figures.skewAfter) < 1000, `clock corrected by /init: skew ${figures.skewAfter} ms`)
+  // Within 2 s: the /init request and the measuring command each take a
+  // round trip through an emulated guest on a shared host.
+  assert.ok(Math.abs(figures.skewAfter) < 2000, `clock corrected by /init: skew ${figures.skewAfter} ms`)
   log(`clock: ${(figures.skewBefore / 1000).toFixed(2)} s behind after the restore, ${figures.skewAfter.toFixed(0)} ms after /init`)
   await poweroff(rv, sbx)
 }
