@@ -3,6 +3,7 @@ package sysinit
 import (
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 )
 
@@ -44,5 +45,18 @@ func TestUnescapeMount(t *testing.T) {
 	}
 	if got := unescapeMount("/plain"); got != "/plain" {
 		t.Errorf("got %q", got)
+	}
+}
+
+func TestRequestedAction(t *testing.T) {
+	s := &System{}
+	for sig, want := range map[syscall.Signal]Action{
+		syscall.SIGUSR1: PowerOff, syscall.SIGUSR2: PowerOff,
+		syscall.SIGTERM: Reboot, syscall.SIGINT: Reboot,
+	} {
+		s.Requested(sig)
+		if got := Action(s.action.Load()); got != want {
+			t.Errorf("%v: %v, want %v", sig, got, want)
+		}
 	}
 }

@@ -226,13 +226,15 @@ func (s *System) loadModules() error {
 	return errors.Join(append(errs, orderErr)...)
 }
 
-// Signals are the ones that ask the init to go down (busybox's convention:
-// SIGUSR2 powers off, SIGTERM reboots, SIGINT is Ctrl-Alt-Del).
+// Signals are the ones, besides SIGTERM and SIGINT, that ask the init to go
+// down. busybox's halt, poweroff and reboot send SIGUSR1, SIGUSR2 and
+// SIGTERM to PID 1; SIGINT is Ctrl-Alt-Del. A VM has nothing to halt to, so
+// halt powers off too.
 func (s *System) Signals() []os.Signal {
 	if s == nil {
 		return nil
 	}
-	return []os.Signal{syscall.SIGUSR2}
+	return []os.Signal{syscall.SIGUSR1, syscall.SIGUSR2}
 }
 
 // Requested records how the machine is to go down after the stop that the
@@ -242,7 +244,7 @@ func (s *System) Requested(sig os.Signal) {
 		return
 	}
 	a := Reboot
-	if sig == syscall.SIGUSR2 {
+	if sig == syscall.SIGUSR1 || sig == syscall.SIGUSR2 {
 		a = PowerOff
 	}
 	s.action.Store(int32(a))

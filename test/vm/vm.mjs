@@ -162,10 +162,10 @@ async function root(sbx, cmd, opts = {}) {
   return sbx.commands.run(cmd, { user: 'root', timeoutMs: 30_000, ...opts })
 }
 
-// poweroff asks PID 1 for a clean poweroff (busybox's signal for it) and
-// expects QEMU to exit 0.
-async function poweroff(vm, sbx) {
-  await root(sbx, 'kill -USR2 1', { background: true }).catch(() => {})
+// poweroff asks PID 1 for a clean poweroff (the poweroff command, which
+// sends SIGUSR2 to PID 1, or the signal itself) and expects QEMU to exit 0.
+async function poweroff(vm, sbx, cmd = 'kill -USR2 1') {
+  await root(sbx, cmd, { background: true }).catch(() => {})
   const code = await waitExit(vm, 30_000)
   if (code !== 0) fail(vm, `${vm.name}: QEMU exited ${code} after poweroff, want 0`)
   const c = fs.readFileSync(vm.console, 'utf8')
@@ -471,7 +471,7 @@ async function boot3() {
   figures.health.push(await waitHealth(vm))
   const sbx = await Sandbox.create({ requestTimeoutMs: 15_000 })
   await firstRun(vm, sbx)
-  await poweroff(vm, sbx)
+  await poweroff(vm, sbx, 'poweroff')
 }
 
 let status = 0
