@@ -11,7 +11,7 @@ PLUGINS   := envd-proc envd-fs envd-net
 # grpcnotrace: grpc without x/net/trace (and its html/template): smaller, faster to start.
 TAGS      := grpcnotrace
 
-.PHONY: all build run test test-go test-conformance gen vet bench fuzz fuzz-short stress swap-% clean
+.PHONY: all build run test test-go test-conformance gen vet bench fuzz fuzz-short stress swap-% clean rootfs install-rootfs vm-test
 
 all: build
 
@@ -61,5 +61,20 @@ STRESS_DURATION ?= 2m
 stress: build
 	ENVD_BUNDLE=$(CURDIR)/$(BIN) STRESS_DURATION=$(STRESS_DURATION) $(GO) test -count=1 -v -timeout 60m -run '^TestStress$$' ./test/stress
 
+# A VM root filesystem image holding the bundle (rootfs/README.md); no root
+# needed. MODULES=/lib/modules/<release> adds the virtio modules.
+ROOTFS ?= out/rootfs.ext4
+rootfs: build
+	MODULES=$(MODULES) bash rootfs/build.sh $(ROOTFS)
+
+# Install the bundle into an existing root filesystem tree: make install-rootfs DEST=dir
+install-rootfs: build
+	bash rootfs/install.sh $(DEST)
+
+# Boot the bundle as PID 1 of a QEMU microvm and drive it with the SDK
+# (test/vm/run.sh; VM_KVM=1 to use KVM).
+vm-test: build
+	bash test/vm/run.sh
+
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) out

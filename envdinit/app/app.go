@@ -28,6 +28,7 @@ import (
 	"github.com/envd-project/envd/envdinit/reaper"
 	"github.com/envd-project/envd/envdinit/state"
 	"github.com/envd-project/envd/envdinit/supervisor"
+	"github.com/envd-project/envd/envdinit/sysinit"
 	controlpb "github.com/envd-project/envd/gen/control"
 	procpb "github.com/envd-project/envd/gen/process"
 	"github.com/envd-project/envd/internal/cgroups"
@@ -60,6 +61,7 @@ type Config struct {
 	// Reattach maps a plugin name to where it was started by hand
 	// (--reattach NAME=JSON|FILE, for debugging one plugin).
 	Reattach map[string]string
+	SysInit    sysinit.Mode
 }
 
 // Main runs envd-init and returns its exit code.
@@ -69,6 +71,8 @@ func Main(args []string) int {
 	if done {
 		return code
 	}
+	// As a VM's init: /dev and the console fds before anything opens a file.
+	sys := sysinit.Start(cfg.SysInit)
 	// Inside Firecracker the host collects our log lines (WIRE §9.10);
 	// where to is known once MMDS answers.
 	var export *logexport.Exporter
@@ -82,8 +86,14 @@ func Main(args []string) int {
 	if fdErr != nil {
 		log.Warn("inherited fds may leak into plugins and user processes", zap.Error(fdErr))
 	}
-	if err := run(cfg, log, export); err != nil {
+	sys.BringUp(log.Named("sysinit"))
+	err := run(cfg, log, export, sys)
+	if err != nil {
 		log.Error("envd-init failed", zap.Error(err))
+	}
+	// PID 1 never returns: it powers off or reboots.
+	sys.Finish(err)
+	if err != nil {
 		return 1
 	}
 	return 0
@@ -113,6 +123,7 @@ func parseFlags(args []string) (Config, int, bool) {
 		cfg.Reattach[name] = src
 		return nil
 	})
+	sysMode := fs.String("sysinit", string(sysinit.Auto), "system bring-up as a VM's init: auto (when PID 1 and /proc is not mounted), on or off")
 	version := fs.Bool("version", false, "print the version and exit")
 	commit := fs.Bool("commit", false, "print the commit and exit")
 	if err := fs.Parse(args); err != nil {
@@ -129,6 +140,12 @@ func parseFlags(args []string) (Config, int, bool) {
 		fmt.Println(Commit)
 		return cfg, 0, true
 	}
+	mode, err := sysinit.ParseMode(*sysMode)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return cfg, 2, true
+	}
+	cfg.SysInit = mode
 	cfg.Flavor = state.Flavor(*flavor)
 	if cfg.Flavor != state.FlavorWrenn && cfg.Flavor != state.FlavorE2B {
 		fmt.Fprintf(os.Stderr, "--flavor must be wrenn or e2b, not %q\n", *flavor)
@@ -183,7 +200,7 @@ func executable() (string, error) {
 	return filepath.Abs(exe)
 }
 
-func run(cfg Config, log *zap.Logger, export *logexport.Exporter) error {
+func run(cfg Config, log *zap.Logger, export *logexport.Exporter, sys *sysinit.System) error {
 	if err := reaper.MakeSubreaper(); err != nil {
 		return err
 	}
@@ -258,10 +275,11 @@ func run(cfg Config, log *zap.Logger, export *logexport.Exporter) error {
 		zap.String("flavor", string(cfg.Flavor)), zap.Int("pid", os.Getpid()))
 
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sig, append(sys.Signals(), syscall.SIGTERM, syscall.SIGINT)...)
 	select {
 	case s := <-sig:
 		log.Info("stopping", zap.Stringer("signal", s))
+		sys.Requested(s)
 	case err := <-serveErr:
 		if err != nil {
 			log.Error("serve failed", zap.Error(err))

@@ -28,6 +28,9 @@ import {
 } from './helpers.mjs'
 
 const T = { timeout: 30_000 }
+// Tests bound by the guest's CPU rather than by envd: skipped where the
+// guest is emulated (make vm-test under TCG sets ENVD_CONFORMANCE_SLOW_CPU).
+const CPU_BOUND = { ...T, skip: process.env.ENVD_CONFORMANCE_SLOW_CPU === '1' && 'CPU-bound; runs natively in make test' }
 
 let sbx
 let userPw
@@ -107,13 +110,13 @@ describe('commands.run: output and exit codes', () => {
     assert.equal(r.stdout, expected)
   })
 
-  test('multi-byte UTF-8 split across reads decodes intact', T, async () => {
+  test('multi-byte UTF-8 split across reads decodes intact', CPU_BOUND, async () => {
     // 40,000 × 4-byte characters = 160 KB, more than several 32 KiB reads.
     const r = await sbx.commands.run("for i in $(seq 1 40000); do printf '\\xf0\\x9f\\x98\\x80'; done")
     assert.equal(r.stdout, '😀'.repeat(40000))
   })
 
-  test('many small writes (a shell loop printing 50,000 lines) all arrive', T, async () => {
+  test('many small writes (a shell loop printing 50,000 lines) all arrive', CPU_BOUND, async () => {
     // Each echo is its own write(2): the reader keeps up and sends tens of
     // thousands of tiny data events. A client reading at full speed must get
     // every one of them.
