@@ -495,7 +495,9 @@ func TestBootCmdAndSigterm(t *testing.T) {
 	marker := t.TempDir() + "/boot"
 	e := envdtest.Start(t, "--cmd", fmt.Sprintf("echo started > %s; exec sleep 300", marker))
 	cl := processconnect.NewProcessClient(http.DefaultClient, e.URL)
-	ctx := envdtest.Ctx(t, 20*time.Second)
+	// --cmd runs in root's login shell: a host profile that stalls (pyenv
+	// waits up to 60 s on a lock another killed shell left) must not fail it.
+	ctx := envdtest.Ctx(t, 90*time.Second)
 	var pid uint32
 	for pid == 0 {
 		list, err := cl.List(ctx, connect.NewRequest(&procpb.ListRequest{}))
