@@ -50,11 +50,15 @@ type Options struct {
 
 // Server is the front door.
 type Server struct {
-	log   *zap.Logger
-	trim  *memtrim.Trimmer
-	http  *http.Server
-	mu    sync.Mutex
-	conns map[net.Conn]http.ConnState
+	log  *zap.Logger
+	trim *memtrim.Trimmer
+	http *http.Server
+	// back serves the client connections plugins gave back after a
+	// handed-off request.
+	back   *http.Server
+	backLn *backListener
+	mu     sync.Mutex
+	conns  map[net.Conn]http.ConnState
 }
 
 // IdleTimeout is the keep-alive idle timeout of the references (WIRE.md §1).
@@ -62,22 +66,22 @@ const IdleTimeout = 640 * time.Second
 
 // New builds the front door's handler chain.
 func New(opts Options) *Server {
-	s := &Server{log: opts.Log, conns: map[net.Conn]http.ConnState{}, trim: memtrim.New(trimIdle)}
+	s := &Server{log: opts.Log, conns: map[net.Conn]http.ConnState{}, trim: memtrim.New(trimIdle),
+		backLn: newBackListener(&net.TCPAddr{})}
 	mux := http.NewServeMux()
 	handlerOpts := connectadapter.HandlerOptions(opts.Users)
 	mux.Handle(connectadapter.NewProcessHandler(&grpcadapter.ProcessClient{Plugin: contract.Proc, Conn: opts.Conn(contract.Proc)}, handlerOpts...))
 	fsPath, fsProxy := connectadapter.NewFilesystemHandler(&grpcadapter.FilesystemClient{Plugin: contract.FS, Conn: opts.Conn(contract.FS)}, handlerOpts...)
 	mux.Handle(fsPath, fsProxy)
-	// Handing over a connection costs the client a new one for its next
-	// request: worth it for a file's bytes and for a ListDir answer (which
-	// then is not re-encoded across the hop: ~17 ms of a 10,000-entry
-	// listing), not for short calls or RPC streams (measured: a short
-	// Start got slower, not faster).
+	// A file's bytes and a ListDir answer (which then is not re-encoded
+	// across the hop: ~17 ms of a 10,000-entry listing) are served by
+	// envd-fs on the client's own connection, which comes back after the
+	// response; short calls and RPC streams are cheaper through the hop.
 	fsSock := func() (string, error) { return opts.Handoff(contract.FS) }
-	mux.Handle("POST "+fsPath+"ListDir", &handoffRoute{log: opts.Log, next: fsProxy, sock: fsSock})
-	files := &handoffRoute{log: opts.Log,
+	mux.Handle("POST "+fsPath+"ListDir", &handoffRoute{log: opts.Log, plugin: contract.FS, next: fsProxy, sock: fsSock, back: s.backLn.put})
+	files := &handoffRoute{log: opts.Log, plugin: contract.FS,
 		next: newFilesProxy(opts.Log, func(ctx context.Context) (string, error) { return opts.Socket(ctx, contract.FS) }),
-		sock: fsSock}
+		sock: fsSock, back: s.backLn.put}
 	mux.Handle("GET /files", opts.Host.FilesAuth(files))
 	mux.Handle("POST /files", opts.Host.FilesAuth(files))
 	mux.Handle("POST /files/compose", files)
@@ -99,6 +103,16 @@ func New(opts Options) *Server {
 	s.http.Protocols = new(http.Protocols)
 	s.http.Protocols.SetHTTP1(true)
 	s.http.Protocols.SetUnencryptedHTTP2(true)
+	// A connection given back is in the middle of HTTP/1.1 keep-alive.
+	s.back = &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       IdleTimeout,
+		ErrorLog:          s.http.ErrorLog,
+		ConnState:         s.track,
+	}
+	s.back.Protocols = new(http.Protocols)
+	s.back.Protocols.SetHTTP1(true)
 	return s
 }
 
@@ -168,6 +182,8 @@ func (s *Server) Serve(ln net.Listener) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go s.trim.Run(ctx)
+	s.backLn.addr = ln.Addr()
+	go func() { _ = s.back.Serve(s.backLn) }()
 	err := s.http.Serve(ln)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
@@ -177,9 +193,16 @@ func (s *Server) Serve(ln net.Listener) error {
 
 // Shutdown stops accepting, and closes every connection after ctx.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.backLn.Close()
+	backErr := make(chan error, 1)
+	go func() { backErr <- s.back.Shutdown(ctx) }()
 	err := s.http.Shutdown(ctx)
 	if err != nil {
 		_ = s.http.Close()
+	}
+	if berr := <-backErr; berr != nil {
+		_ = s.back.Close()
+		err = errors.Join(err, berr)
 	}
 	return err
 }

@@ -176,7 +176,8 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem) int {
 		srv := &http.Server{Handler: trim.Middleware(h), ReadHeaderTimeout: 30 * time.Second, ErrorLog: zap.NewStdLog(log)}
 		go func() { _ = srv.Serve(ln) }()
 		defer srv.Close()
-		// Client connections handed over whole by envd-init: one request each.
+		// Client connections handed over by envd-init, one request at a
+		// time: each goes back to envd-init once its response is out.
 		ctl.handoff = filepath.Join(dir, "handoff.sock")
 		hln, err := handoff.Listen(ctl.handoff)
 		if err != nil {
@@ -187,7 +188,7 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem) int {
 		// enough to be worth its own connection (ListDir): the same public
 		// handlers a standalone plugin serves.
 		hsrv := &http.Server{
-			Handler: handoff.Serve(trim.Middleware(publicMux(sub))), ConnContext: handoff.ConnContext,
+			Handler: handoff.Serve(trim.Middleware(publicMux(sub))), ConnContext: handoff.ConnContext, ConnState: handoff.ConnState,
 			ReadHeaderTimeout: 30 * time.Second, ErrorLog: zap.NewStdLog(log),
 		}
 		go func() { _ = hsrv.Serve(hln) }()
