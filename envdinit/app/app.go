@@ -28,6 +28,7 @@ import (
 	controlpb "github.com/envd-project/envd/gen/control"
 	procpb "github.com/envd-project/envd/gen/process"
 	"github.com/envd-project/envd/internal/cgroups"
+	"github.com/envd-project/envd/internal/gomaxprocs"
 	"github.com/envd-project/envd/internal/logging"
 	"github.com/envd-project/envd/internal/users"
 	"github.com/envd-project/envd/plugins/pluginkit/callinfo"
@@ -62,6 +63,7 @@ func Main(args []string) int {
 	if done {
 		return code
 	}
+	gomaxprocs.Set()
 	// Inside Firecracker the host collects our log lines (WIRE §9.10);
 	// where to is known once MMDS answers.
 	var export *logexport.Exporter

@@ -21,6 +21,7 @@ import (
 
 	"connectrpc.com/connect"
 	controlpb "github.com/envd-project/envd/gen/control"
+	"github.com/envd-project/envd/internal/gomaxprocs"
 	"github.com/envd-project/envd/internal/logging"
 	"github.com/envd-project/envd/internal/memtrim"
 	"github.com/envd-project/envd/internal/users"
@@ -91,6 +92,9 @@ func Main(spec Spec, args []string) int {
 		return 2
 	}
 
+	if !*standalone {
+		gomaxprocs.Set()
+	}
 	run, stop := context.WithCancel(context.Background())
 	defer stop()
 	sub, err := spec.New(Env{
