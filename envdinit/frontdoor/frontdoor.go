@@ -25,6 +25,7 @@ import (
 	"github.com/envd-project/envd/plugins/pluginkit/connectadapter"
 	"github.com/envd-project/envd/plugins/pluginkit/contract"
 	"github.com/envd-project/envd/plugins/pluginkit/grpcadapter"
+	"github.com/envd-project/envd/plugins/pluginkit/handoff"
 	"github.com/rs/cors"
 	"go.uber.org/zap"
 )
@@ -81,7 +82,7 @@ func New(opts Options) *Server {
 	mux.Handle("POST "+fsPath+"ListDir", &handoffRoute{log: opts.Log, plugin: contract.FS, next: fsProxy, sock: fsSock, back: s.backLn.put})
 	files := &handoffRoute{log: opts.Log, plugin: contract.FS,
 		next: newFilesProxy(opts.Log, func(ctx context.Context) (string, error) { return opts.Socket(ctx, contract.FS) }),
-		sock: fsSock, back: s.backLn.put}
+		sock: fsSock, back: s.backLn.put, offer: true}
 	mux.Handle("GET /files", opts.Host.FilesAuth(files))
 	mux.Handle("POST /files", opts.Host.FilesAuth(files))
 	mux.Handle("POST /files/compose", files)
@@ -234,10 +235,26 @@ func newFilesProxy(log *zap.Logger, socket func(ctx context.Context) (string, er
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = contract.FS
 			pr.Out.Host = contract.FS
+			pr.Out.Header.Del(handoff.OfferHeader)
+			if _, ok := pr.In.Context().Value(offerKey{}).(offer); ok {
+				pr.Out.Header.Set(handoff.OfferHeader, "1")
+			}
+		},
+		ModifyResponse: func(res *http.Response) error {
+			if _, ok := res.Request.Context().Value(offerKey{}).(offer); ok && handoff.Declined(res) {
+				return errDeclined
+			}
+			return nil
 		},
 		Transport:  transport,
 		BufferPool: bufferPool{},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if errors.Is(err, errDeclined) {
+				if !r.Context().Value(offerKey{}).(offer)(w, r) {
+					resterr.Write(w, http.StatusServiceUnavailable, "file transfer failed: plugin envd-fs did not take the connection")
+				}
+				return
+			}
 			status, msg := http.StatusBadGateway, fmt.Sprintf("file transfer failed: %v", err)
 			var ce *connect.Error
 			if errors.As(err, &ce) {
@@ -250,6 +267,9 @@ func newFilesProxy(log *zap.Logger, socket func(ctx context.Context) (string, er
 		},
 	}
 }
+
+// errDeclined: the plugin declined to answer through the proxy.
+var errDeclined = errors.New("answer declined through the proxy")
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 

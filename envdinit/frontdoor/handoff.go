@@ -28,29 +28,54 @@ type handoffRoute struct {
 	sock func() (string, error)
 	// back serves a connection the plugin gave back.
 	back func(net.Conn)
+	// offer: downloads go through next first, offering the plugin to
+	// decline a big answer (handoff.Offer).
+	offer bool
 }
 
 func (h *handoffRoute) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if h.handOff(w, r) {
+	path, ok := h.canHandOff(r)
+	if !ok {
+		h.next.ServeHTTP(w, r)
+		return
+	}
+	if h.offer && r.Method == http.MethodGet {
+		// A download goes through the proxy first: a small answer costs
+		// less copied than handed over; a big one is declined by the
+		// plugin and then handed over (it has no side effect to repeat).
+		h.next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), offerKey{}, offer(func(w http.ResponseWriter, r *http.Request) bool {
+			return h.handOff(w, r, path)
+		}))))
+		return
+	}
+	if h.handOff(w, r, path) {
 		return
 	}
 	h.next.ServeHTTP(w, r)
 }
 
-// handOff reports whether it took care of the request.
-func (h *handoffRoute) handOff(w http.ResponseWriter, r *http.Request) bool {
+// canHandOff returns the plugin's handoff socket if r can be handed over.
+func (h *handoffRoute) canHandOff(r *http.Request) (string, bool) {
 	if r.ProtoMajor != 1 {
-		return false
+		return "", false
 	}
 	if _, tcp := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr); !tcp {
-		return false
+		return "", false
 	}
 	// A plugin that is down is the proxy's to wait for (and report),
 	// within the one bound a call gets.
 	path, err := h.sock()
-	if err != nil {
-		return false
-	}
+	return path, err == nil
+}
+
+// offer hands the request over when the plugin declined to answer it
+// through the proxy; false: it could not, nothing was written.
+type offer func(w http.ResponseWriter, r *http.Request) bool
+
+type offerKey struct{}
+
+// handOff reports whether it took care of the request.
+func (h *handoffRoute) handOff(w http.ResponseWriter, r *http.Request, path string) bool {
 	head := handoff.RequestHead(r)
 	if len(head) > handoff.MaxMessage/2 {
 		return false

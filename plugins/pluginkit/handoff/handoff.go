@@ -35,6 +35,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -392,4 +393,88 @@ func Serve(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// OfferHeader, on a request envd-init proxies to a plugin, says that a
+// response too big to be worth copying through envd-init may be declined
+// with OfferStatus and OfferHeader set: envd-init then hands the client's
+// connection over for the request instead. Small answers are cheaper
+// proxied (one HTTP exchange on a kept Unix connection) than handed over
+// (four handoff messages, an fd passed each way).
+const OfferHeader = "Envd-Handoff-Offer"
+
+// OfferStatus is the status of a declined offer.
+const OfferStatus = http.StatusMisdirectedRequest
+
+// OfferLimit is the largest body a plugin answers through the proxy.
+const OfferLimit = 64 << 10
+
+var errDeclined = errors.New("handoff: answered by handoff instead")
+
+// Offer wraps a plugin's proxied HTTP handler: a GET that carries
+// OfferHeader and would answer 200/206 with a body of unknown length or
+// above OfferLimit is declined, so that envd-init hands the connection over.
+func Offer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		offered := r.Header.Get(OfferHeader) != ""
+		r.Header.Del(OfferHeader)
+		if r.Method != http.MethodGet || !offered {
+			next.ServeHTTP(w, r)
+			return
+		}
+		next.ServeHTTP(&offerWriter{ResponseWriter: w}, r)
+	})
+}
+
+type offerWriter struct {
+	http.ResponseWriter
+	decided, declined bool
+}
+
+func (o *offerWriter) WriteHeader(code int) {
+	if o.decided {
+		return
+	}
+	o.decided = true
+	if code == http.StatusOK || code == http.StatusPartialContent {
+		n, err := strconv.ParseInt(o.Header().Get("Content-Length"), 10, 64)
+		if err != nil || n > OfferLimit {
+			o.declined = true
+			h := o.ResponseWriter.Header()
+			clear(h)
+			h.Set(OfferHeader, "declined")
+			h.Set("Content-Length", "0")
+			o.ResponseWriter.WriteHeader(OfferStatus)
+			return
+		}
+	}
+	o.ResponseWriter.WriteHeader(code)
+}
+
+func (o *offerWriter) Write(b []byte) (int, error) {
+	if !o.decided {
+		o.WriteHeader(http.StatusOK)
+	}
+	if o.declined {
+		return 0, errDeclined
+	}
+	return o.ResponseWriter.Write(b)
+}
+
+// Flush implements http.Flusher (before a decision, it decides).
+func (o *offerWriter) Flush() {
+	if !o.decided {
+		o.WriteHeader(http.StatusOK)
+	}
+	if !o.declined {
+		_ = http.NewResponseController(o.ResponseWriter).Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the real writer.
+func (o *offerWriter) Unwrap() http.ResponseWriter { return o.ResponseWriter }
+
+// Declined reports whether a proxied response declined the offer.
+func Declined(res *http.Response) bool {
+	return res.StatusCode == OfferStatus && res.Header.Get(OfferHeader) == "declined"
 }

@@ -247,3 +247,71 @@ func TestRevokedHandoffNeverRuns(t *testing.T) {
 	default:
 	}
 }
+
+// A proxied download carrying the offer is answered when small and
+// declined when big or of unknown length; without the offer, or for other
+// methods, the handler answers as always.
+func TestOfferDeclinesBigDownloads(t *testing.T) {
+	small := bytes.Repeat([]byte("s"), OfferLimit)
+	big := bytes.Repeat([]byte("b"), OfferLimit+1)
+	h := Offer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get(OfferHeader) != "" {
+			t.Error("the offer header reached the handler")
+		}
+		switch r.URL.Path {
+		case "/small":
+			http.ServeContent(w, r, "s", time.Time{}, bytes.NewReader(small))
+		case "/big":
+			http.ServeContent(w, r, "b", time.Time{}, bytes.NewReader(big))
+		case "/stream":
+			_, _ = w.Write([]byte("no length"))
+			w.(http.Flusher).Flush()
+		case "/missing":
+			http.Error(w, "nope", http.StatusNotFound)
+		}
+	}))
+	srv := httptestServer(t, h)
+	for _, c := range []struct {
+		method, path string
+		offer        bool
+		declined     bool
+		status       int
+	}{
+		{"GET", "/small", true, false, 200},
+		{"GET", "/big", true, true, OfferStatus},
+		{"GET", "/stream", true, true, OfferStatus},
+		{"GET", "/missing", true, false, 404},
+		{"GET", "/big", false, false, 200},
+		{"POST", "/big", true, false, 200},
+	} {
+		req, _ := http.NewRequest(c.method, srv+c.path, nil)
+		req.Header.Set("Range", "bytes=0-")
+		if c.offer {
+			req.Header.Set(OfferHeader, "1")
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		status := res.StatusCode
+		if status == http.StatusPartialContent {
+			status = 200
+		}
+		if Declined(res) != c.declined || status != c.status || (c.declined && len(body) != 0) {
+			t.Errorf("%s %s offer=%v: %d declined=%v %d bytes", c.method, c.path, c.offer, res.StatusCode, Declined(res), len(body))
+		}
+	}
+}
+
+func httptestServer(t *testing.T, h http.Handler) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close() })
+	return "http://" + ln.Addr().String()
+}

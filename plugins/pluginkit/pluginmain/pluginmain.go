@@ -177,7 +177,7 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem) int {
 			log.Error("http socket", zap.Error(err))
 			return 1
 		}
-		srv := &http.Server{Handler: trim.Middleware(h), ReadHeaderTimeout: 30 * time.Second, ErrorLog: zap.NewStdLog(log)}
+		srv := &http.Server{Handler: trim.Middleware(handoff.Offer(h)), ReadHeaderTimeout: 30 * time.Second, ErrorLog: zap.NewStdLog(log)}
 		go func() { _ = srv.Serve(ln) }()
 		defer srv.Close()
 		// Client connections handed over by envd-init, one request at a
