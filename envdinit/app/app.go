@@ -63,7 +63,7 @@ func Main(args []string) int {
 	if done {
 		return code
 	}
-	gomaxprocs.Set()
+	gomaxprocs.Set(0)
 	// Inside Firecracker the host collects our log lines (WIRE §9.10);
 	// where to is known once MMDS answers.
 	var export *logexport.Exporter

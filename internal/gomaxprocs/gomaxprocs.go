@@ -9,7 +9,9 @@
 // on 2 cores; with one P, 7.5 and 5, and about a quarter less CPU per call
 // (issue 11). One P also means one mcache and fewer GC workers: the idle
 // tree's memory no longer grows with the host's core count. The tree has
-// four processes, so a busy sandbox still uses more than one core.
+// four processes, so a busy sandbox still uses more than one core; envd-fs
+// takes two, so that parsing a multipart upload can overlap its reads and
+// writes.
 package gomaxprocs
 
 import (
@@ -20,11 +22,16 @@ import (
 // Default is the GOMAXPROCS of a process of the tree.
 const Default = 1
 
-// Set applies Default unless the GOMAXPROCS environment variable chose
-// otherwise (for measurements). The variable is read, never set: user
-// processes do not inherit our choice.
-func Set() {
-	if os.Getenv("GOMAXPROCS") == "" {
-		runtime.GOMAXPROCS(Default)
+// Set applies n (Default when 0; never more than the CPUs Go found) unless
+// the GOMAXPROCS environment variable chose otherwise (for measurements).
+// The variable is read, never set: user processes do not inherit our
+// choice.
+func Set(n int) {
+	if os.Getenv("GOMAXPROCS") != "" {
+		return
 	}
+	if n <= 0 {
+		n = Default
+	}
+	runtime.GOMAXPROCS(min(n, runtime.GOMAXPROCS(0)))
 }

@@ -65,6 +65,8 @@ type Env struct {
 // Spec names a plugin and builds its subsystem.
 type Spec struct {
 	Name string
+	// Procs is the plugin's GOMAXPROCS (package gomaxprocs; 0: its default).
+	Procs int
 	New  func(env Env) (Subsystem, error)
 }
 
@@ -93,7 +95,7 @@ func Main(spec Spec, args []string) int {
 	}
 
 	if !*standalone {
-		gomaxprocs.Set()
+		gomaxprocs.Set(spec.Procs)
 	}
 	run, stop := context.WithCancel(context.Background())
 	defer stop()
