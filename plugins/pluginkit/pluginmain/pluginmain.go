@@ -67,7 +67,7 @@ type Spec struct {
 	Name string
 	// Procs is the plugin's GOMAXPROCS (package gomaxprocs; 0: its default).
 	Procs int
-	New  func(env Env) (Subsystem, error)
+	New   func(env Env) (Subsystem, error)
 }
 
 // Main runs the plugin and returns its exit code.
