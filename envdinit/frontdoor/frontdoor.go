@@ -225,9 +225,11 @@ func newFilesProxy(log *zap.Logger, socket func(ctx context.Context) (string, er
 		MaxIdleConns:        64,
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
-		// Bulk bodies: large buffers mean fewer syscalls per MiB.
-		WriteBufferSize:    256 << 10,
-		ReadBufferSize:     256 << 10,
+		// HTTP/1 downloads come this way only when small (a big one is
+		// declined and handed over), h2c transfers always: 64 KiB buffers
+		// keep syscalls per MiB low without 512 KiB per pooled connection.
+		WriteBufferSize:    proxyBuffer,
+		ReadBufferSize:     proxyBuffer,
 		DisableCompression: true,
 	}
 	return &httputil.ReverseProxy{
@@ -271,7 +273,9 @@ func newFilesProxy(log *zap.Logger, socket func(ctx context.Context) (string, er
 // errDeclined: the plugin declined to answer through the proxy.
 var errDeclined = errors.New("answer declined through the proxy")
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+const proxyBuffer = 64 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, proxyBuffer); return &b }}
 
 type bufferPool struct{}
 
