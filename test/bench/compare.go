@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -65,8 +66,8 @@ func startBinary(name, bin string, tree bool) (*side, error) {
 		return nil, err
 	}
 	stop := func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() }
-	url := fmt.Sprintf("http://127.0.0.1:%d", port)
-	s := newSide(name, url, url, []int{cmd.Process.Pid}, stop)
+	u := fmt.Sprintf("http://127.0.0.1:%d", port)
+	s := newSide(name, u, u, []int{cmd.Process.Pid}, stop)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		err := s.opStat(context.Background(), "/")
@@ -201,7 +202,7 @@ func newFixture(bigSize int64) (*fixture, error) {
 }
 
 func (s *side) get(ctx context.Context, path string, want int64) error {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.fsURL+"/files?username=root&path="+path, nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.fsURL+"/files?username=root&path="+url.QueryEscape(path), nil)
 	res, err := s.http.Do(req)
 	if err != nil {
 		return err
@@ -218,7 +219,7 @@ func (s *side) get(ctx context.Context, path string, want int64) error {
 }
 
 func (s *side) post(ctx context.Context, path string, body io.Reader, size int64) error {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, s.fsURL+"/files?username=root&path="+path, body)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, s.fsURL+"/files?username=root&path="+url.QueryEscape(path), body)
 	req.ContentLength = size
 	req.Header.Set("Content-Type", "application/octet-stream")
 	res, err := s.http.Do(req)
@@ -389,7 +390,7 @@ func benchCompare(other string, short bool) error {
 		o, err = startStandalone()
 	case other == "":
 		// Smoke mode: our own build against itself.
-		o, err = startBinary("same build", filepath.Join(bundle, "envd-init"), true)
+		o, err = startBinary("same-build", filepath.Join(bundle, "envd-init"), true)
 	default:
 		_, statErr := os.Stat(filepath.Join(filepath.Dir(other), "envd-fs"))
 		o, err = startBinary(filepath.Base(filepath.Dir(other))+"/"+filepath.Base(other), other, statErr == nil)
