@@ -11,7 +11,7 @@ PLUGINS   := envd-proc envd-fs envd-net
 # grpcnotrace: grpc without x/net/trace (and its html/template): smaller, faster to start.
 TAGS      := grpcnotrace
 
-.PHONY: all build run test test-go test-conformance gen vet bench fuzz fuzz-short stress swap-% clean rootfs install-rootfs vm-test
+.PHONY: all build run test test-go test-conformance gen vet bench bench-short bench-compare bench-compare-short fuzz fuzz-short stress swap-% clean rootfs install-rootfs vm-test
 
 all: build
 
@@ -47,6 +47,19 @@ test-conformance: build
 
 bench: build
 	ENVD_BUNDLE=$(CURDIR)/$(BIN) $(GO) run ./test/bench
+
+# The same op mix side by side against another envd binary (an older build
+# of ours, E2B's envd; OTHER=standalone: our plugins without envd-init), in
+# alternating rounds: p50, CPU per call, memory, ratios.
+bench-compare: build
+	ENVD_BUNDLE=$(CURDIR)/$(BIN) $(GO) run ./test/bench compare $(OTHER)
+
+# Smoke modes for CI: every section runs a few calls; no figure is checked.
+bench-short: build
+	ENVD_BUNDLE=$(CURDIR)/$(BIN) $(GO) run ./test/bench -short
+
+bench-compare-short: build
+	ENVD_BUNDLE=$(CURDIR)/$(BIN) $(GO) run ./test/bench compare -short $(OTHER)
 
 fuzz:
 	bash scripts/fuzz.sh

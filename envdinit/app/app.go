@@ -32,6 +32,7 @@ import (
 	controlpb "github.com/envd-project/envd/gen/control"
 	procpb "github.com/envd-project/envd/gen/process"
 	"github.com/envd-project/envd/internal/cgroups"
+	"github.com/envd-project/envd/internal/gomaxprocs"
 	"github.com/envd-project/envd/internal/logging"
 	"github.com/envd-project/envd/internal/users"
 	"github.com/envd-project/envd/plugins/pluginkit/callinfo"
@@ -73,6 +74,7 @@ func Main(args []string) int {
 	}
 	// As a VM's init: /dev and the console fds before anything opens a file.
 	sys := sysinit.Start(cfg.SysInit)
+	gomaxprocs.Set(0)
 	// Inside Firecracker the host collects our log lines (WIRE §9.10);
 	// where to is known once MMDS answers.
 	var export *logexport.Exporter

@@ -27,6 +27,7 @@ import (
 	"github.com/envd-project/envd/plugins/pluginkit/connectadapter"
 	"github.com/envd-project/envd/plugins/pluginkit/contract"
 	"github.com/envd-project/envd/plugins/pluginkit/grpcadapter"
+	"github.com/envd-project/envd/plugins/pluginkit/handoff"
 	"github.com/rs/cors"
 	"go.uber.org/zap"
 )
@@ -52,11 +53,15 @@ type Options struct {
 
 // Server is the front door.
 type Server struct {
-	log   *zap.Logger
-	trim  *memtrim.Trimmer
-	http  *http.Server
-	mu    sync.Mutex
-	conns map[net.Conn]http.ConnState
+	log  *zap.Logger
+	trim *memtrim.Trimmer
+	http *http.Server
+	// back serves the client connections plugins gave back after a
+	// handed-off request.
+	back   *http.Server
+	backLn *backListener
+	mu     sync.Mutex
+	conns  map[net.Conn]http.ConnState
 }
 
 // IdleTimeout is the keep-alive idle timeout of the references (WIRE.md §1).
@@ -64,22 +69,22 @@ const IdleTimeout = 640 * time.Second
 
 // New builds the front door's handler chain.
 func New(opts Options) *Server {
-	s := &Server{log: opts.Log, conns: map[net.Conn]http.ConnState{}, trim: memtrim.New(trimIdle)}
+	s := &Server{log: opts.Log, conns: map[net.Conn]http.ConnState{}, trim: memtrim.New(trimIdle),
+		backLn: newBackListener(&net.TCPAddr{})}
 	mux := http.NewServeMux()
 	handlerOpts := connectadapter.HandlerOptions(opts.Users)
 	mux.Handle(connectadapter.NewProcessHandler(&grpcadapter.ProcessClient{Plugin: contract.Proc, Conn: opts.Conn(contract.Proc)}, handlerOpts...))
 	fsPath, fsProxy := connectadapter.NewFilesystemHandler(&grpcadapter.FilesystemClient{Plugin: contract.FS, Conn: opts.Conn(contract.FS)}, handlerOpts...)
 	mux.Handle(fsPath, fsProxy)
-	// Handing over a connection costs the client a new one for its next
-	// request: worth it for a file's bytes and for a ListDir answer (which
-	// then is not re-encoded across the hop: ~17 ms of a 10,000-entry
-	// listing), not for short calls or RPC streams (measured: a short
-	// Start got slower, not faster).
+	// A file's bytes and a ListDir answer (which then is not re-encoded
+	// across the hop: ~17 ms of a 10,000-entry listing) are served by
+	// envd-fs on the client's own connection, which comes back after the
+	// response; short calls and RPC streams are cheaper through the hop.
 	fsSock := func() (string, error) { return opts.Handoff(contract.FS) }
-	mux.Handle("POST "+fsPath+"ListDir", &handoffRoute{log: opts.Log, next: fsProxy, sock: fsSock})
-	files := &handoffRoute{log: opts.Log,
+	mux.Handle("POST "+fsPath+"ListDir", &handoffRoute{log: opts.Log, plugin: contract.FS, next: fsProxy, sock: fsSock, back: s.backLn.put})
+	files := &handoffRoute{log: opts.Log, plugin: contract.FS,
 		next: newFilesProxy(opts.Log, func(ctx context.Context) (string, error) { return opts.Socket(ctx, contract.FS) }),
-		sock: fsSock}
+		sock: fsSock, back: s.backLn.put, offer: true}
 	mux.Handle("GET /files", opts.Host.FilesAuth(files))
 	mux.Handle("POST /files", opts.Host.FilesAuth(files))
 	mux.Handle("POST /files/compose", files)
@@ -101,6 +106,16 @@ func New(opts Options) *Server {
 	s.http.Protocols = new(http.Protocols)
 	s.http.Protocols.SetHTTP1(true)
 	s.http.Protocols.SetUnencryptedHTTP2(true)
+	// A connection given back is in the middle of HTTP/1.1 keep-alive.
+	s.back = &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       IdleTimeout,
+		ErrorLog:          s.http.ErrorLog,
+		ConnState:         s.track,
+	}
+	s.back.Protocols = new(http.Protocols)
+	s.back.Protocols.SetHTTP1(true)
 	return s
 }
 
@@ -170,6 +185,8 @@ func (s *Server) Serve(ln net.Listener) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go s.trim.Run(ctx)
+	s.backLn.addr = ln.Addr()
+	go func() { _ = s.back.Serve(s.backLn) }()
 	err := s.http.Serve(ln)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
@@ -179,9 +196,16 @@ func (s *Server) Serve(ln net.Listener) error {
 
 // Shutdown stops accepting, and closes every connection after ctx.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.backLn.Close()
+	backErr := make(chan error, 1)
+	go func() { backErr <- s.back.Shutdown(ctx) }()
 	err := s.http.Shutdown(ctx)
 	if err != nil {
 		_ = s.http.Close()
+	}
+	if berr := <-backErr; berr != nil {
+		_ = s.back.Close()
+		err = errors.Join(err, berr)
 	}
 	return err
 }
@@ -203,9 +227,11 @@ func newFilesProxy(log *zap.Logger, socket func(ctx context.Context) (string, er
 		MaxIdleConns:        64,
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
-		// Bulk bodies: large buffers mean fewer syscalls per MiB.
-		WriteBufferSize:    256 << 10,
-		ReadBufferSize:     256 << 10,
+		// HTTP/1 downloads come this way only when small (a big one is
+		// declined and handed over), h2c transfers always: 64 KiB buffers
+		// keep syscalls per MiB low without 512 KiB per pooled connection.
+		WriteBufferSize:    proxyBuffer,
+		ReadBufferSize:     proxyBuffer,
 		DisableCompression: true,
 	}
 	return &httputil.ReverseProxy{
@@ -213,10 +239,26 @@ func newFilesProxy(log *zap.Logger, socket func(ctx context.Context) (string, er
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = contract.FS
 			pr.Out.Host = contract.FS
+			pr.Out.Header.Del(handoff.OfferHeader)
+			if _, ok := pr.In.Context().Value(offerKey{}).(offer); ok {
+				pr.Out.Header.Set(handoff.OfferHeader, "1")
+			}
+		},
+		ModifyResponse: func(res *http.Response) error {
+			if _, ok := res.Request.Context().Value(offerKey{}).(offer); ok && handoff.Declined(res) {
+				return errDeclined
+			}
+			return nil
 		},
 		Transport:  transport,
 		BufferPool: bufferPool{},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if errors.Is(err, errDeclined) {
+				if !r.Context().Value(offerKey{}).(offer)(w, r) {
+					resterr.Write(w, http.StatusServiceUnavailable, "file transfer failed: plugin envd-fs did not take the connection")
+				}
+				return
+			}
 			status, msg := http.StatusBadGateway, fmt.Sprintf("file transfer failed: %v", err)
 			var ce *connect.Error
 			if errors.As(err, &ce) {
@@ -230,7 +272,12 @@ func newFilesProxy(log *zap.Logger, socket func(ctx context.Context) (string, er
 	}
 }
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+// errDeclined: the plugin declined to answer through the proxy.
+var errDeclined = errors.New("answer declined through the proxy")
+
+const proxyBuffer = 64 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, proxyBuffer); return &b }}
 
 type bufferPool struct{}
 

@@ -3,8 +3,10 @@ package frontdoor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/envd-project/envd/internal/resterr"
@@ -13,47 +15,76 @@ import (
 )
 
 // handoffRoute gives a request to a plugin by handing it the client's TCP
-// connection itself: the plugin serves the request and closes the
-// connection, and not a byte of the exchange crosses envd-init (sendfile
-// for downloads). Anything that cannot be handed over (h2c, a plugin that
-// is down) goes to next, the proxy.
+// connection itself: not a byte of the exchange crosses envd-init (sendfile
+// for downloads). The plugin gives the connection back after its response
+// (with any bytes it read beyond the request) and back serves the client's
+// next request: the connection stays alive. Anything that cannot be handed
+// over (h2c, a plugin that is down) goes to next, the proxy.
 type handoffRoute struct {
-	log  *zap.Logger
-	next http.Handler
+	log    *zap.Logger
+	plugin string
+	next   http.Handler
 	// sock is the plugin's handoff socket if the plugin is up now.
 	sock func() (string, error)
+	// back serves a connection the plugin gave back.
+	back func(net.Conn)
+	// offer: downloads go through next first, offering the plugin to
+	// decline a big answer (handoff.Offer).
+	offer bool
 }
 
 func (h *handoffRoute) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if h.handOff(w, r) {
+	path, ok := h.canHandOff(r)
+	if !ok {
+		h.next.ServeHTTP(w, r)
+		return
+	}
+	if h.offer && r.Method == http.MethodGet {
+		// A download goes through the proxy first: a small answer costs
+		// less copied than handed over; a big one is declined by the
+		// plugin and then handed over (it has no side effect to repeat).
+		h.next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), offerKey{}, offer(func(w http.ResponseWriter, r *http.Request) bool {
+			return h.handOff(w, r, path)
+		}))))
+		return
+	}
+	if h.handOff(w, r, path) {
 		return
 	}
 	h.next.ServeHTTP(w, r)
 }
 
-// handOff reports whether it took care of the request.
-func (h *handoffRoute) handOff(w http.ResponseWriter, r *http.Request) bool {
+// canHandOff returns the plugin's handoff socket if r can be handed over.
+func (h *handoffRoute) canHandOff(r *http.Request) (string, bool) {
 	if r.ProtoMajor != 1 {
-		return false
+		return "", false
 	}
 	if _, tcp := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr); !tcp {
-		return false
+		return "", false
 	}
 	// A plugin that is down is the proxy's to wait for (and report),
 	// within the one bound a call gets.
 	path, err := h.sock()
-	if err != nil {
-		return false
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
-	defer cancel()
+	return path, err == nil
+}
+
+// offer hands the request over when the plugin declined to answer it
+// through the proxy; false: it could not, nothing was written.
+type offer func(w http.ResponseWriter, r *http.Request) bool
+
+type offerKey struct{}
+
+// handOff reports whether it took care of the request.
+func (h *handoffRoute) handOff(w http.ResponseWriter, r *http.Request, path string) bool {
 	head := handoff.RequestHead(r)
 	if len(head) > handoff.MaxMessage/2 {
 		return false
 	}
 	// Reach the plugin before taking the connection: a plugin that just
 	// died is the proxy's to report (and wait for).
+	ctx, cancel := context.WithTimeout(r.Context(), handoff.AckTimeout)
 	sender, err := handoff.Dial(ctx, path)
+	cancel()
 	if err != nil {
 		return false
 	}
@@ -63,34 +94,109 @@ func (h *handoffRoute) handOff(w http.ResponseWriter, r *http.Request) bool {
 		return false
 	}
 	// From here on the connection is ours alone: answer on it directly.
-	defer conn.Close()
-	tcp, ok := conn.(*net.TCPConn)
-	if !ok {
-		h.fail(conn, "connection is not TCP")
+	tcp, unread := underlying(conn)
+	if tcp == nil {
+		h.fail(conn, "request could not be passed on: connection is not TCP")
+		_ = conn.Close()
 		return true
 	}
 	buffered, _ := brw.Reader.Peek(brw.Reader.Buffered())
-	msg, err := handoff.Encode(w.Header(), append(head, buffered...))
+	request := append(append(head, buffered...), unread...)
+	msg, err := handoff.Encode(w.Header(), handoff.FramingOf(r, len(head)), request)
 	if err == nil {
 		err = sender.Send(tcp, msg)
 	}
-	if errors.Is(err, handoff.ErrUnacknowledged) {
-		// The plugin may hold the connection now: answering here could
-		// make a second response. End the socket itself, for both holders.
-		h.log.Warn("connection handoff not acknowledged", zap.String("path", r.URL.Path), zap.Error(err))
-		_ = tcp.CloseRead()
+	if err != nil {
+		// The plugin never acts on a handoff that was not confirmed:
+		// answer here, and end the connection (the request's body, if
+		// any, is unread).
+		h.log.Warn("connection handoff failed", zap.String("path", r.URL.Path), zap.Error(err))
+		msg := "request could not be passed on"
+		if errors.Is(err, handoff.ErrUnacknowledged) {
+			msg = fmt.Sprintf("plugin %s is unavailable: it did not take the request within %s", h.plugin, handoff.AckTimeout)
+		}
+		h.fail(tcp, msg)
 		_ = tcp.CloseWrite()
+		_ = tcp.Close()
 		return true
 	}
-	if err != nil {
-		h.log.Warn("connection handoff failed", zap.String("path", r.URL.Path), zap.Error(err))
-		h.fail(conn, err.Error())
+	leftover, keep := sender.Wait()
+	if !keep {
+		_ = tcp.Close()
+		return true
 	}
+	h.back(&returnedConn{TCPConn: tcp, prefix: leftover})
 	return true
+}
+
+// underlying finds the TCP socket of a hijacked connection and the bytes
+// of it already read but not yet passed on.
+func underlying(c net.Conn) (*net.TCPConn, []byte) {
+	switch c := c.(type) {
+	case *net.TCPConn:
+		return c, nil
+	case *returnedConn:
+		return c.TCPConn, c.prefix
+	}
+	return nil, nil
 }
 
 // fail answers a request whose connection was taken but not handed over.
 func (h *handoffRoute) fail(conn net.Conn, msg string) {
 	_ = conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	_, _ = conn.Write(resterr.Response(http.StatusServiceUnavailable, "request could not be passed on: "+msg))
+	_, _ = conn.Write(resterr.Response(http.StatusServiceUnavailable, msg))
 }
+
+// returnedConn is a client connection a plugin gave back, with the bytes
+// it read beyond its request.
+type returnedConn struct {
+	*net.TCPConn
+	prefix []byte
+}
+
+func (c *returnedConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.TCPConn.Read(p)
+}
+
+// backListener yields the connections plugins gave back, to an
+// http.Server of their own.
+type backListener struct {
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+	addr  net.Addr
+}
+
+func newBackListener(addr net.Addr) *backListener {
+	return &backListener{conns: make(chan net.Conn), done: make(chan struct{}), addr: addr}
+}
+
+// put serves c, or closes it once the front door is shut.
+func (l *backListener) put(c net.Conn) {
+	select {
+	case l.conns <- c:
+	case <-l.done:
+		_ = c.Close()
+	}
+}
+
+func (l *backListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *backListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *backListener) Addr() net.Addr { return l.addr }

@@ -20,7 +20,8 @@ import (
 	"github.com/envd-project/envd/test/envdtest"
 )
 
-const transferSize = 100 << 20
+// transferSize is the size of the big transfers (1 MiB in -short mode).
+var transferSize int64 = 100 << 20
 
 // mibps converts a transfer time into MiB/s.
 func mibps(d time.Duration) float64 { return float64(transferSize) / (1 << 20) / d.Seconds() }
@@ -164,7 +165,10 @@ func benchFiles() error {
 	// shared, single transfers swing by +-25 %) hits both sides of a ratio.
 	// Every other round runs the steps in reverse, so that neither side of
 	// a ratio always goes first.
-	const rounds = 15
+	rounds := 15
+	if short {
+		rounds = 2
+	}
 	steps := []struct {
 		name string
 		fn   func() error

@@ -22,6 +22,10 @@ type row struct {
 
 var rows []row
 
+// short is the smoke mode (-short): every section runs a few calls and no
+// figure means anything; CI checks that the bench still runs.
+var short bool
+
 func add(name, value, limit string, pass *bool) {
 	ok := ""
 	if pass != nil {
@@ -49,6 +53,34 @@ func percentile(d []time.Duration, p float64) time.Duration {
 }
 
 func main() {
+	args := os.Args[1:]
+	shortMode := len(args) > 0 && args[0] == "-short"
+	if shortMode {
+		args = args[1:]
+	}
+	if len(args) > 0 && args[0] == "compare" {
+		args = args[1:]
+		if len(args) > 0 && args[0] == "-short" {
+			shortMode, args = true, args[1:]
+		}
+		other := ""
+		if len(args) > 0 {
+			other = args[0]
+		}
+		if err := benchCompare(other, shortMode); err != nil {
+			fmt.Fprintln(os.Stderr, "compare:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if len(args) > 0 {
+		fmt.Fprintln(os.Stderr, errUsage)
+		os.Exit(2)
+	}
+	short = shortMode
+	if short {
+		transferSize, startRuns = 1<<20, 10
+	}
 	sections := []struct {
 		name string
 		fn   func() error

@@ -17,7 +17,8 @@ import (
 	"github.com/envd-project/envd/test/envdtest"
 )
 
-const startRuns = 300
+// startRuns is how many Starts each target gets (10 in -short mode).
+var startRuns = 300
 
 // startTrue runs /bin/true through Start until its end event.
 func startTrue(ctx context.Context, cl processconnect.ProcessClient) error {

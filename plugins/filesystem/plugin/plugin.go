@@ -20,7 +20,7 @@ import (
 )
 
 // Spec is the envd-fs plugin.
-var Spec = pluginmain.Spec{Name: contract.FS, New: build}
+var Spec = pluginmain.Spec{Name: contract.FS, New: build, Procs: 2}
 
 type subsystem struct {
 	svc   *filesystem.Service

@@ -1,16 +1,26 @@
 // Package handoff passes a client's TCP connection from envd-init to a
-// plugin (SCM_RIGHTS over a Unix seqpacket socket), together with the bytes
-// envd-init already read from it. It runs in envd-init (the sender) and
-// envd-fs (the receiver). The plugin then serves the request on the client's
-// own socket: bulk file bytes cross no extra process and no extra copy, and
-// downloads can use sendfile (docs/architecture.md: a re-framing hop ran at a
-// third of the direct speed).
+// plugin (SCM_RIGHTS over a Unix seqpacket socket) for one request, and
+// back again after the response. It runs in envd-init (Sender) and in
+// envd-fs (Listener and Conn).
 //
-// A message is: uvarint length, then response headers the plugin must add
-// (HTTP header block: CORS headers envd-init's middleware already decided),
-// then the raw request bytes (head and any buffered body). The plugin closes
-// the connection after one response, so the client's next request reaches
-// envd-init again.
+// The plugin serves the request on the client's own socket: bulk file bytes
+// cross no extra process and no extra copy, and downloads can use sendfile
+// (docs/architecture.md: a re-framing hop ran at a third of the direct speed).
+// envd-init keeps its own descriptor of the socket and does not touch it
+// while the plugin holds the request; when the response is out the plugin
+// returns the connection with any bytes it read beyond the request, and
+// envd-init serves the client's next request: the connection stays alive.
+//
+// One handoff is one seqpacket connection carrying four messages:
+//
+//	init -> plugin  the request (framing, extra response headers, bytes already read) + the fd
+//	plugin -> init  'A': taken; the plugin does nothing with it yet
+//	init -> plugin  'G': go. Only now may the plugin act. envd-init that gave
+//	                up waiting for 'A' closes instead, and the plugin drops the fd
+//	                unread whenever it gets to it: a handoff envd-init gave up on
+//	                never runs later.
+//	plugin -> init  'K' + leftover bytes: the response is complete, the connection
+//	                is envd-init's again; EOF or 'C': the plugin closed it.
 package handoff
 
 import (
@@ -25,34 +35,71 @@ import (
 	"net/http"
 	"net/textproto"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// sendTimeout bounds one handoff, acknowledgement included.
-const sendTimeout = 5 * time.Second
+// AckTimeout bounds how long envd-init waits for a plugin to take a
+// connection before it answers the client itself.
+const AckTimeout = 5 * time.Second
 
 // MaxMessage bounds one handoff message (seqpacket keeps it whole).
 const MaxMessage = 64 << 10
 
-// ErrUnacknowledged means the connection was sent but the receiver did
-// not confirm taking it: it may still serve it, so the sender must not
-// answer on it (shut it down instead).
-var ErrUnacknowledged = errors.New("handoff: sent but not acknowledged")
+// ErrUnacknowledged means the receiver did not take the connection in time.
+// The handoff is revoked: the receiver will never act on it, and the sender
+// may answer the client itself.
+var ErrUnacknowledged = errors.New("handoff: not taken in time")
 
 // ErrTooLarge means the request head does not fit one message; the caller
 // should serve the request another way.
 var ErrTooLarge = errors.New("handoff: request head too large")
 
+const (
+	msgAck   = 'A'
+	msgGo    = 'G'
+	msgKeep  = 'K'
+	msgClose = 'C'
+)
+
+// Chunked is Framing.Body for a chunked request body.
+const Chunked = -1
+
+// Framing says where the request handed over ends, so that the receiver
+// gives its HTTP server exactly one request and keeps what follows for the
+// connection's next owner.
+type Framing struct {
+	// Head is the length of the request head at the start of the bytes.
+	Head int
+	// Body is the body's Content-Length, or Chunked.
+	Body int64
+}
+
+// FramingOf is the framing of r as net/http parsed it, for a head of
+// headLen bytes.
+func FramingOf(r *http.Request, headLen int) Framing {
+	f := Framing{Head: headLen, Body: max(r.ContentLength, 0)}
+	for _, te := range r.TransferEncoding {
+		if strings.EqualFold(te, "chunked") {
+			f.Body = Chunked
+		}
+	}
+	return f
+}
+
 // Encode builds a handoff message.
-func Encode(extra http.Header, request []byte) ([]byte, error) {
+func Encode(extra http.Header, f Framing, request []byte) ([]byte, error) {
 	var hb bytes.Buffer
 	if err := extra.Write(&hb); err != nil {
 		return nil, err
 	}
-	msg := binary.AppendUvarint(nil, uint64(hb.Len()))
+	msg := binary.AppendUvarint(nil, uint64(f.Head))
+	msg = binary.AppendVarint(msg, f.Body)
+	msg = binary.AppendUvarint(msg, uint64(hb.Len()))
 	msg = append(msg, hb.Bytes()...)
 	msg = append(msg, request...)
 	if len(msg) > MaxMessage {
@@ -62,21 +109,38 @@ func Encode(extra http.Header, request []byte) ([]byte, error) {
 }
 
 // Decode splits a handoff message.
-func Decode(msg []byte) (http.Header, []byte, error) {
+func Decode(msg []byte) (http.Header, Framing, []byte, error) {
+	var f Framing
+	bad := errors.New("handoff: malformed message")
+	head, k := binary.Uvarint(msg)
+	if k <= 0 {
+		return nil, f, nil, bad
+	}
+	msg = msg[k:]
+	body, k := binary.Varint(msg)
+	if k <= 0 || body < Chunked {
+		return nil, f, nil, bad
+	}
+	msg = msg[k:]
 	n, k := binary.Uvarint(msg)
 	if k <= 0 || n > uint64(len(msg)-k) {
-		return nil, nil, errors.New("handoff: malformed message")
+		return nil, f, nil, bad
 	}
 	hdr := msg[k : k+int(n)]
+	rest := msg[k+int(n):]
+	if head > uint64(len(rest)) {
+		return nil, f, nil, bad
+	}
+	f = Framing{Head: int(head), Body: body}
 	extra := http.Header{}
 	if len(hdr) > 0 {
 		mh, err := textproto.NewReader(bufio.NewReader(io.MultiReader(bytes.NewReader(hdr), bytes.NewReader([]byte("\r\n"))))).ReadMIMEHeader()
 		if err != nil && !errors.Is(err, io.EOF) {
-			return nil, nil, fmt.Errorf("handoff: headers: %w", err)
+			return nil, f, nil, fmt.Errorf("handoff: headers: %w", err)
 		}
 		extra = http.Header(mh)
 	}
-	return extra, msg[k+int(n):], nil
+	return extra, f, rest, nil
 }
 
 // RequestHead rebuilds the wire form of r's head as the client sent it
@@ -94,8 +158,9 @@ func RequestHead(r *http.Request) []byte {
 	return b.Bytes()
 }
 
-// Sender is a connection to a receiver, made before the client's
-// connection is taken, so that a receiver that is down costs nothing.
+// Sender is one handoff's connection to a receiver, made before the
+// client's connection is taken, so that a receiver that is down costs
+// nothing.
 type Sender struct {
 	c *net.UnixConn
 }
@@ -110,14 +175,16 @@ func Dial(ctx context.Context, path string) (*Sender, error) {
 	return &Sender{c: c.(*net.UnixConn)}, nil
 }
 
-// Close releases the sender.
+// Close releases the sender. Before Send returned nil it also revokes the
+// handoff.
 func (s *Sender) Close() error { return s.c.Close() }
 
-// Send passes conn with msg and waits for the receiver to take it. conn
-// stays open here; the caller closes its copy afterwards.
+// Send passes conn with msg and waits up to AckTimeout for the receiver to
+// take it; then tells it to go. Any error means the receiver never acts
+// on the request (ErrUnacknowledged: it did not answer in time), and the
+// caller still owns conn and may answer on it. conn stays open here.
 func (s *Sender) Send(conn *net.TCPConn, msg []byte) error {
-	// A receiver that stopped accepting must not hold the client forever.
-	_ = s.c.SetDeadline(time.Now().Add(sendTimeout))
+	_ = s.c.SetDeadline(time.Now().Add(AckTimeout))
 	raw, err := conn.SyscallConn()
 	if err != nil {
 		return err
@@ -132,17 +199,37 @@ func (s *Sender) Send(conn *net.TCPConn, msg []byte) error {
 	if err != nil {
 		return fmt.Errorf("handoff: send: %w", err)
 	}
-	// The acknowledgement reports a failure here, while the caller can
-	// still answer the client.
 	var ack [1]byte
-	if _, err := s.c.Read(ack[:]); err != nil {
+	if n, err := s.c.Read(ack[:]); err != nil || n != 1 || ack[0] != msgAck {
+		if err == nil {
+			err = io.ErrUnexpectedEOF
+		}
 		return fmt.Errorf("%w: %w", ErrUnacknowledged, err)
 	}
+	// The receiver waits for this before it acts; if it cannot be written,
+	// the receiver is gone and acts on nothing.
+	if _, err := s.c.Write([]byte{msgGo}); err != nil {
+		return fmt.Errorf("handoff: go: %w", err)
+	}
+	_ = s.c.SetDeadline(time.Time{})
 	return nil
 }
 
-// Listener yields handed-off connections as a net.Listener, each replaying
-// the bytes envd-init had read before the rest of the socket.
+// Wait blocks until the receiver is done with the connection sent: keep
+// reports that the connection is the sender's again, with leftover, the
+// bytes the receiver read beyond its request; otherwise the receiver closed
+// it (or died) and the sender should close its copy.
+func (s *Sender) Wait() (leftover []byte, keep bool) {
+	buf := make([]byte, MaxMessage)
+	n, err := s.c.Read(buf)
+	if err != nil || n == 0 || buf[0] != msgKeep {
+		return nil, false
+	}
+	return bytes.Clone(buf[1:n]), true
+}
+
+// Listener yields handed-off connections as a net.Listener; each replays
+// the bytes envd-init had read, then the rest of its one request.
 type Listener struct {
 	ln    *net.UnixListener
 	conns chan net.Conn
@@ -171,8 +258,7 @@ func (l *Listener) loop() {
 				return
 			}
 			// Out of fds for a moment (EMFILE, ENFILE): like http.Server,
-			// wait and go on; giving up would end the fast path for good
-			// and leave queued handoffs unacknowledged.
+			// wait and go on; giving up would end the fast path for good.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 			select {
 			case <-time.After(backoff):
@@ -186,41 +272,56 @@ func (l *Listener) loop() {
 	}
 }
 
+var msgPool = sync.Pool{New: func() any { b := make([]byte, MaxMessage); return &b }}
+
 func (l *Listener) receive(c *net.UnixConn) {
-	defer c.Close()
-	buf := make([]byte, MaxMessage)
+	bp := msgPool.Get().(*[]byte)
+	defer msgPool.Put(bp)
+	buf := *bp
 	oob := make([]byte, unix.CmsgSpace(4*4))
 	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
-	if err != nil {
-		return
-	}
 	fds := parseRights(oob[:oobn])
-	if len(fds) != 1 {
+	if err != nil || len(fds) != 1 {
 		for _, fd := range fds {
 			unix.Close(fd)
 		}
+		c.Close()
 		return
 	}
+	// Closing our copy of the fd never ends the client's connection:
+	// envd-init holds one too until we return it.
 	f := os.NewFile(uintptr(fds[0]), "handoff")
+	extra, framing, prefix, derr := Decode(buf[:n])
+	var ok [1]byte
+	if derr == nil {
+		_, err = c.Write([]byte{msgAck})
+	}
+	if derr != nil || err != nil {
+		f.Close()
+		c.Close()
+		return
+	}
+	// Nothing is done with the request before envd-init says go: it may
+	// have given up waiting (we were stopped, or slow) and answered the
+	// client itself.
+	if k, err := c.Read(ok[:]); err != nil || k != 1 || ok[0] != msgGo {
+		f.Close()
+		c.Close()
+		return
+	}
 	nc, err := net.FileConn(f)
 	f.Close()
-	if err != nil {
+	tcp, isTCP := nc.(*net.TCPConn)
+	if err != nil || !isTCP {
+		if nc != nil {
+			nc.Close()
+		}
+		c.Close()
 		return
 	}
-	tcp, ok := nc.(*net.TCPConn)
-	if !ok {
-		nc.Close()
-		return
-	}
-	extra, prefix, err := Decode(buf[:n])
-	if err != nil {
-		tcp.Close()
-		return
-	}
-	conn := &Conn{TCPConn: tcp, r: io.MultiReader(bytes.NewReader(prefix), tcp), Extra: extra}
+	conn := newConn(tcp, c, extra, framing, bytes.Clone(prefix))
 	select {
 	case l.conns <- conn:
-		_, _ = c.Write([]byte{1})
 	case <-l.done:
 		conn.Close()
 	}
@@ -262,17 +363,6 @@ func (l *Listener) Close() error {
 // Addr implements net.Listener.
 func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
 
-// Conn is a handed-off client connection. It embeds the *net.TCPConn so
-// net/http still finds ReadFrom (sendfile) on it.
-type Conn struct {
-	*net.TCPConn
-	r io.Reader
-	// Extra are response headers envd-init decided (CORS).
-	Extra http.Header
-}
-
-func (c *Conn) Read(p []byte) (int, error) { return c.r.Read(p) }
-
 type ctxKey struct{}
 
 // ConnContext is an http.Server ConnContext that remembers the handoff.
@@ -283,8 +373,17 @@ func ConnContext(ctx context.Context, c net.Conn) context.Context {
 	return ctx
 }
 
+// ConnState is the http.Server ConnState of the server of handed-off
+// connections: a connection that goes idle has sent its whole response and
+// read its whole request, and goes back to envd-init.
+func ConnState(c net.Conn, st http.ConnState) {
+	if hc, ok := c.(*Conn); ok && st == http.StateIdle {
+		hc.giveBack()
+	}
+}
+
 // Serve wraps the handler of handed-off connections: envd-init's response
-// headers are added and the connection closes after the response.
+// headers are added.
 func Serve(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if hc, ok := r.Context().Value(ctxKey{}).(*Conn); ok {
@@ -292,7 +391,90 @@ func Serve(next http.Handler) http.Handler {
 				w.Header()[k] = v
 			}
 		}
-		w.Header().Set("Connection", "close")
 		next.ServeHTTP(w, r)
 	})
+}
+
+// OfferHeader, on a request envd-init proxies to a plugin, says that a
+// response too big to be worth copying through envd-init may be declined
+// with OfferStatus and OfferHeader set: envd-init then hands the client's
+// connection over for the request instead. Small answers are cheaper
+// proxied (one HTTP exchange on a kept Unix connection) than handed over
+// (four handoff messages, an fd passed each way).
+const OfferHeader = "Envd-Handoff-Offer"
+
+// OfferStatus is the status of a declined offer.
+const OfferStatus = http.StatusMisdirectedRequest
+
+// OfferLimit is the largest body a plugin answers through the proxy.
+const OfferLimit = 64 << 10
+
+var errDeclined = errors.New("handoff: answered by handoff instead")
+
+// Offer wraps a plugin's proxied HTTP handler: a GET that carries
+// OfferHeader and would answer 200/206 with a body of unknown length or
+// above OfferLimit is declined, so that envd-init hands the connection over.
+func Offer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		offered := r.Header.Get(OfferHeader) != ""
+		r.Header.Del(OfferHeader)
+		if r.Method != http.MethodGet || !offered {
+			next.ServeHTTP(w, r)
+			return
+		}
+		next.ServeHTTP(&offerWriter{ResponseWriter: w}, r)
+	})
+}
+
+type offerWriter struct {
+	http.ResponseWriter
+	decided, declined bool
+}
+
+func (o *offerWriter) WriteHeader(code int) {
+	if o.decided {
+		return
+	}
+	o.decided = true
+	if code == http.StatusOK || code == http.StatusPartialContent {
+		n, err := strconv.ParseInt(o.Header().Get("Content-Length"), 10, 64)
+		if err != nil || n > OfferLimit {
+			o.declined = true
+			h := o.ResponseWriter.Header()
+			clear(h)
+			h.Set(OfferHeader, "declined")
+			h.Set("Content-Length", "0")
+			o.ResponseWriter.WriteHeader(OfferStatus)
+			return
+		}
+	}
+	o.ResponseWriter.WriteHeader(code)
+}
+
+func (o *offerWriter) Write(b []byte) (int, error) {
+	if !o.decided {
+		o.WriteHeader(http.StatusOK)
+	}
+	if o.declined {
+		return 0, errDeclined
+	}
+	return o.ResponseWriter.Write(b)
+}
+
+// Flush implements http.Flusher (before a decision, it decides).
+func (o *offerWriter) Flush() {
+	if !o.decided {
+		o.WriteHeader(http.StatusOK)
+	}
+	if !o.declined {
+		_ = http.NewResponseController(o.ResponseWriter).Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the real writer.
+func (o *offerWriter) Unwrap() http.ResponseWriter { return o.ResponseWriter }
+
+// Declined reports whether a proxied response declined the offer.
+func Declined(res *http.Response) bool {
+	return res.StatusCode == OfferStatus && res.Header.Get(OfferHeader) == "declined"
 }

@@ -25,6 +25,7 @@ import (
 	"connectrpc.com/connect"
 	controlpb "github.com/envd-project/envd/gen/control"
 	"github.com/envd-project/envd/internal/atomicfile"
+	"github.com/envd-project/envd/internal/gomaxprocs"
 	"github.com/envd-project/envd/internal/logging"
 	"github.com/envd-project/envd/internal/memtrim"
 	"github.com/envd-project/envd/internal/users"
@@ -69,7 +70,9 @@ type Env struct {
 // Spec names a plugin and builds its subsystem.
 type Spec struct {
 	Name string
-	New  func(env Env) (Subsystem, error)
+	// Procs is the plugin's GOMAXPROCS (package gomaxprocs; 0: its default).
+	Procs int
+	New   func(env Env) (Subsystem, error)
 }
 
 // Main runs the plugin and returns its exit code.
@@ -100,6 +103,9 @@ func Main(spec Spec, args []string) int {
 		return 2
 	}
 
+	if !*standalone {
+		gomaxprocs.Set(spec.Procs)
+	}
 	run, stop := context.WithCancel(context.Background())
 	defer stop()
 	sub, err := spec.New(Env{
@@ -247,10 +253,11 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem, dbg *debugServer) 
 			log.Error("http socket", zap.Error(err))
 			return 1
 		}
-		srv := &http.Server{Handler: trim.Middleware(h), ReadHeaderTimeout: 30 * time.Second, ErrorLog: zap.NewStdLog(log)}
+		srv := &http.Server{Handler: trim.Middleware(handoff.Offer(h)), ReadHeaderTimeout: 30 * time.Second, ErrorLog: zap.NewStdLog(log)}
 		go func() { _ = srv.Serve(ln) }()
 		defer srv.Close()
-		// Client connections handed over whole by envd-init: one request each.
+		// Client connections handed over by envd-init, one request at a
+		// time: each goes back to envd-init once its response is out.
 		ctl.handoff = filepath.Join(dir, "handoff.sock")
 		hln, err := handoff.Listen(ctl.handoff)
 		if err != nil {
@@ -261,7 +268,7 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem, dbg *debugServer) 
 		// enough to be worth its own connection (ListDir): the same public
 		// handlers a standalone plugin serves.
 		hsrv := &http.Server{
-			Handler: handoff.Serve(trim.Middleware(publicMux(sub))), ConnContext: handoff.ConnContext,
+			Handler: handoff.Serve(trim.Middleware(publicMux(sub))), ConnContext: handoff.ConnContext, ConnState: handoff.ConnState,
 			ReadHeaderTimeout: 30 * time.Second, ErrorLog: zap.NewStdLog(log),
 		}
 		go func() { _ = hsrv.Serve(hln) }()
