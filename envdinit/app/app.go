@@ -25,6 +25,7 @@ import (
 	"github.com/envd-project/envd/envdinit/reaper"
 	"github.com/envd-project/envd/envdinit/state"
 	"github.com/envd-project/envd/envdinit/supervisor"
+	"github.com/envd-project/envd/envdinit/vault"
 	controlpb "github.com/envd-project/envd/gen/control"
 	procpb "github.com/envd-project/envd/gen/process"
 	"github.com/envd-project/envd/internal/cgroups"
@@ -174,6 +175,15 @@ func run(cfg Config, log *zap.Logger, export *logexport.Exporter) error {
 	if err != nil {
 		return err
 	}
+	// User processes outlive envd-proc: their fds and statuses are kept here.
+	fdv := vault.New(log.Named("vault"))
+	defer fdv.Close()
+	rp.OnOrphan(fdv.Reaped)
+	for i := range specs {
+		if specs[i].Name == contract.Proc {
+			specs[i].Vault = fdv
+		}
+	}
 	store := state.New(&controlpb.Config{
 		Flavor:         string(cfg.Flavor),
 		IsNotFc:        cfg.IsNotFC,
@@ -220,6 +230,7 @@ func run(cfg Config, log *zap.Logger, export *logexport.Exporter) error {
 		Conn:    func(name string) grpcadapter.ConnFunc { return sup.Conn(name) },
 		Socket:  sup.HTTPSocket,
 		Handoff: sup.HandoffSocket,
+		Streams: fdv,
 		Host:    host,
 		Users:   users.Default,
 	})

@@ -44,6 +44,9 @@ type Options struct {
 	// Handoff returns the socket for whole client connections of a plugin
 	// that is up now; it never waits.
 	Handoff func(name string) (string, error)
+	// Streams counts the process streams held open, for their re-attachment
+	// to a restarted envd-proc (may be nil).
+	Streams grpcadapter.StreamRegistry
 	Host    Host
 	Users   connectadapter.UserDB
 }
@@ -65,7 +68,7 @@ func New(opts Options) *Server {
 	s := &Server{log: opts.Log, conns: map[net.Conn]http.ConnState{}, trim: memtrim.New(trimIdle)}
 	mux := http.NewServeMux()
 	handlerOpts := connectadapter.HandlerOptions(opts.Users)
-	mux.Handle(connectadapter.NewProcessHandler(&grpcadapter.ProcessClient{Plugin: contract.Proc, Conn: opts.Conn(contract.Proc)}, handlerOpts...))
+	mux.Handle(connectadapter.NewProcessHandler(&grpcadapter.ProcessClient{Plugin: contract.Proc, Conn: opts.Conn(contract.Proc), Streams: opts.Streams}, handlerOpts...))
 	fsPath, fsProxy := connectadapter.NewFilesystemHandler(&grpcadapter.FilesystemClient{Plugin: contract.FS, Conn: opts.Conn(contract.FS)}, handlerOpts...)
 	mux.Handle(fsPath, fsProxy)
 	// Handing over a connection costs the client a new one for its next

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"sync"
 	"syscall"
@@ -18,8 +19,10 @@ import (
 	"connectrpc.com/connect"
 	"github.com/envd-project/envd/envdinit/reaper"
 	"github.com/envd-project/envd/envdinit/state"
+	"github.com/envd-project/envd/envdinit/vault"
 	controlpb "github.com/envd-project/envd/gen/control"
 	"github.com/envd-project/envd/plugins/pluginkit/contract"
+	"github.com/envd-project/envd/plugins/pluginkit/fdvault"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 	"github.com/hashicorp/go-plugin/runner"
@@ -36,6 +39,9 @@ type Spec struct {
 	// CgroupFD, when >= 0, is the cgroup directory the plugin is spawned
 	// into (envd-net relays user traffic, so it lives in the forwarder group).
 	CgroupFD int
+	// Vault, when set, gives each start of the plugin its own socket to
+	// envd-init's fd vault (envd-proc: user processes outlive it).
+	Vault *vault.Vault
 }
 
 // Options tune the supervisor.
@@ -224,6 +230,15 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 			if m.spec.CgroupFD >= 0 {
 				cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, m.spec.CgroupFD
+			}
+			if m.spec.Vault != nil {
+				f, err := m.spec.Vault.Connect()
+				if err != nil {
+					return nil, fmt.Errorf("vault socket for %s: %w", m.spec.Name, err)
+				}
+				// ExtraFiles[0] is fd 3 in the plugin.
+				cmd.ExtraFiles = []*os.File{f}
+				cmd.Env = append(cmd.Env, fdvault.EnvFD+"=3")
 			}
 			r, err := newReapedRunner(s.reaper, cmd)
 			run = r

@@ -39,7 +39,13 @@ func (s *Service) Connect(ctx context.Context, req *procpb.ConnectRequest, send 
 	if err != nil {
 		return err
 	}
-	return s.stream(ctx, p, p.hub.Subscribe(), func(ev *procpb.ProcessEvent) error {
+	sub := p.hub.Subscribe()
+	if callinfo.From(ctx).Reattach {
+		// Subscribed: the output held for the re-attaching streams may flow
+		// once they all are.
+		p.reattached()
+	}
+	return s.stream(ctx, p, sub, func(ev *procpb.ProcessEvent) error {
 		return send(&procpb.ConnectResponse{Event: ev})
 	})
 }

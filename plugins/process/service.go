@@ -25,6 +25,7 @@ import (
 	"github.com/envd-project/envd/internal/cgroups"
 	"github.com/envd-project/envd/internal/users"
 	"github.com/envd-project/envd/plugins/pluginkit/defaults"
+	"github.com/envd-project/envd/plugins/pluginkit/fdvault"
 	"github.com/envd-project/envd/plugins/pluginkit/service"
 	"github.com/envd-project/envd/plugins/process/fanout"
 )
@@ -56,6 +57,10 @@ type Service struct {
 	// retention (fields so tests can shrink them).
 	limits fanout.Limits
 	retain time.Duration
+
+	// vault keeps each process's fds and record in envd-init so that it
+	// outlives this envd-proc (nil: standalone, nothing survives us).
+	vault *fdvault.Client
 
 	mu       sync.Mutex
 	seq      uint64

@@ -302,6 +302,7 @@ func (s *Service) spawn(ctx context.Context, req *procpb.StartRequest) (*proc, *
 
 	p := &proc{
 		log:     s.log,
+		vault:   s.vault,
 		config:  proto.CloneOf(cfg),
 		hub:     newHub(outputPolicy(chio.master != nil), s.limits),
 		master:  chio.master,
@@ -351,6 +352,10 @@ func (s *Service) spawn(ctx context.Context, req *procpb.StartRequest) (*proc, *
 		p.armDeadline(deadline)
 	}
 	registered := s.register(p)
+	if registered {
+		// Before anything can close the fds being deposited.
+		s.deposit(p, cmd.Process.Pid)
+	}
 	p.startPumps()
 	go s.lifecycle(p)
 	if !registered {
