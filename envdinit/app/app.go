@@ -191,7 +191,7 @@ func run(cfg Config, log *zap.Logger, export *logexport.Exporter) error {
 		ReservedPorts:  []uint32{uint32(cfg.Port)},
 		ForwardAddress: "169.254.0.21",
 	})
-	sup := supervisor.New(log.Named("supervisor"), rp, store, specs, supervisor.Options{SocketDir: socketDir(log)})
+	sup := supervisor.New(log.Named("supervisor"), rp, store, specs, supervisor.Options{SocketDir: socketDir(log), WatchFiles: true})
 
 	ln, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(cfg.Port)))
 	if err != nil {

@@ -250,6 +250,8 @@ func (s *Service) adopt(a fdvault.Adopted) error {
 		stopOut: make(chan struct{}),
 		cutOut:  make(chan struct{}),
 		outDone: make(chan struct{}),
+
+		handedOver: make(chan struct{}),
 	}
 	if rec.Released {
 		// Ended under the previous envd-proc: only its end is left.

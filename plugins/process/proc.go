@@ -140,6 +140,20 @@ type proc struct {
 	holdWant  int // re-attachments still expected; guarded by mu
 	holdTimer *time.Timer
 	holdOnce  sync.Once
+
+	// handedOver is closed when a hot-swap hands the process to the next
+	// envd-proc: the pumps stop, the streams end after what was read, and
+	// this envd-proc never reaps it (Service.Handover).
+	handedOver chan struct{}
+}
+
+func (p *proc) isHandedOver() bool {
+	select {
+	case <-p.handedOver:
+		return true
+	default:
+		return false
+	}
 }
 
 func (p *proc) isPTY() bool { return p.master != nil }
@@ -308,8 +322,17 @@ func (s *Service) lifecycle(p *proc) {
 	select {
 	case <-p.outDone:
 	case <-p.stopOut:
+	case <-p.handedOver:
+	}
+	if p.isHandedOver() {
+		return
 	}
 	ws, err := p.child.awaitExit()
+	if p.isHandedOver() {
+		// Exited during the swap: left unreaped, the next envd-proc gets
+		// its status from envd-init, which reaps it once we are gone.
+		return
+	}
 	if err != nil {
 		p.log.Warn("waiting for process exit failed", zap.Error(err))
 	} else if s.vault != nil {

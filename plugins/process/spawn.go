@@ -312,6 +312,8 @@ func (s *Service) spawn(ctx context.Context, req *procpb.StartRequest) (*proc, *
 		stopOut: make(chan struct{}),
 		cutOut:  make(chan struct{}),
 		outDone: make(chan struct{}),
+
+		handedOver: make(chan struct{}),
 	}
 	if p.config == nil {
 		p.config = &procpb.ProcessConfig{}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -429,4 +430,114 @@ func TestStdinAcrossPluginCrash(t *testing.T) {
 	if end, err, _ := w.result(); end.GetExitCode() != 0 || end.GetStatus() != "exit status 0" {
 		t.Fatalf("cat after CloseStdin: end %v, err %v", end, err)
 	}
+}
+
+// bundleCopy makes a private bundle (one executable under four names, as
+// make build does), so that replacing a plugin's file touches no other test.
+func bundleCopy(t *testing.T) string {
+	t.Helper()
+	src, err := envdtest.Bundle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	b, err := os.ReadFile(filepath.Join(src, "envd-init"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "envd-init"), b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"envd-proc", "envd-fs", "envd-net"} {
+		if err := os.Link(filepath.Join(dir, "envd-init"), filepath.Join(dir, p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// Issue 9 item 3: make swap-envd-proc replaces the plugin under a running
+// envd-init, which hands the processes over to the new build: the counter
+// keeps its pid and its streams see every number exactly once, in order,
+// then the exit code.
+func TestHotSwapEnvdProc(t *testing.T) {
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("make is not installed")
+	}
+	dir := bundleCopy(t)
+	e := envdtest.StartFrom(t, dir)
+	ctx := envdtest.Ctx(t, 10*time.Minute)
+	cl := processconnect.NewProcessClient(http.DefaultClient, e.URL)
+	stop := filepath.Join(t.TempDir(), "stop")
+	tag := "counter"
+	counter := watchStart(ctx, cl, &procpb.StartRequest{Process: counterScript(stop), Tag: &tag})
+	counter.waitFor(t, "counter at 5", func(out string) bool { return strings.Contains(out, "\n5\n") })
+	second := watchConnect(ctx, cl, &procpb.ProcessSelector{Selector: &procpb.ProcessSelector_Tag{Tag: tag}})
+	second.waitFor(t, "the Connect stream", func(out string) bool { return strings.Count(out, "\n") >= 2 })
+	pid := counter.getPid()
+
+	old := e.PluginPid("envd-proc")
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.CommandContext(ctx, "make", "-C", root, "swap-envd-proc", "BIN="+dir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("make swap-envd-proc: %v\n%s", err, out)
+	}
+	t0 := time.Now()
+	for {
+		// The old one may still be finishing its calls next to the new one.
+		if _, err := cl.List(ctx, connect.NewRequest(&procpb.ListRequest{})); err == nil && newPluginUp(e, old) {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("no RPC after the swap")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Logf("swap: first RPC on the new envd-proc %v after make swap-envd-proc returned", time.Since(t0))
+	// The old one exits on its own once it has passed everything on.
+	for syscall.Kill(old, 0) == nil {
+		if ctx.Err() != nil {
+			t.Fatal("the replaced envd-proc did not exit")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	before := lastNumber(t, counter.output())
+	counter.waitFor(t, "counter after the swap", func(string) bool { return lastNumber(t, counter.output()) > before+10 })
+	if err := syscall.Kill(int(pid), 0); err != nil {
+		t.Fatalf("counter %d is gone after the swap: %v", pid, err)
+	}
+	if err := os.WriteFile(stop, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for name, w := range map[string]*watched{"Start": counter, "Connect": second} {
+		end, err, starts := w.result()
+		if end == nil || end.GetExitCode() != 7 {
+			t.Fatalf("%s stream ended with %v (err %v), want exit status 7", name, end, err)
+		}
+		if starts != 1 {
+			t.Errorf("%s stream had %d start events", name, starts)
+		}
+		ns := numbers(t, w.output())
+		if m := gaps(t, ns); m != 0 || (name == "Start" && ns[0] != 0) {
+			t.Fatalf("%s stream: %d numbers missing across the swap (first %d), want none", name, m, ns[0])
+		}
+		t.Logf("%s stream: %d numbers, none lost or repeated", name, len(ns))
+	}
+	if !strings.Contains(e.Log(), "plugin swapped") {
+		t.Errorf("no swap in the log")
+	}
+}
+
+// newPluginUp reports whether an envd-proc other than old runs.
+func newPluginUp(e *envdtest.Envd, old int) bool {
+	for _, pid := range envdtest.Children(e.Pid()) {
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if strings.TrimSpace(string(comm)) == "envd-proc" && pid != old {
+			return true
+		}
+	}
+	return false
 }

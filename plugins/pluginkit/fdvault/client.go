@@ -58,9 +58,14 @@ func Open(log *zap.Logger) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	return NewClient(log, conn), nil
+}
+
+// NewClient serves the plugin's end of a vault socket.
+func NewClient(log *zap.Logger, conn *Conn) *Client {
 	c := &Client{log: log, conn: conn, pending: map[uint64]chan *Msg{}, early: map[uint32]int32{}}
 	go c.read()
-	return c, nil
+	return c
 }
 
 func (c *Client) read() {

@@ -60,6 +60,9 @@ func (s *subsystem) Shutdown(ctx context.Context) error {
 	return err
 }
 
+// Handover passes every process on to the next envd-proc (hot-swap).
+func (s *subsystem) Handover(ctx context.Context) error { return s.svc.Handover(ctx) }
+
 func (s *subsystem) RegisterGRPC(srv *grpc.Server) {
 	procpb.RegisterProcessServer(srv, grpcadapter.NewProcessServer(s.svc))
 }

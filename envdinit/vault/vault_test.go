@@ -1,0 +1,123 @@
+package vault
+
+import (
+	"io"
+	"os"
+	"os/exec"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/envd-project/envd/plugins/pluginkit/fdvault"
+)
+
+func client(t *testing.T, v *Vault) *fdvault.Client {
+	t.Helper()
+	f, err := v.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := fdvault.NewConn(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := fdvault.NewClient(zap.NewNop(), conn)
+	t.Cleanup(func() { conn.Close() })
+	return c
+}
+
+// A deposited pipe outlives the plugin that deposited it: the next plugin
+// fetches a read end that still carries what was written meanwhile, the
+// status envd-init's reaper took, and the count of streams to re-attach.
+func TestDepositSurvivesThePlugin(t *testing.T) {
+	v := New(zap.NewNop())
+	defer v.Close()
+	first := client(t, v)
+
+	cmd := exec.Command("/bin/sh", "-c", "exit 3")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	pidfdNum, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		t.Skipf("no pidfd: %v", err)
+	}
+	pidfd := os.NewFile(uintptr(pidfdNum), "pidfd")
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, w2, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag := "t"
+	if err := first.Deposit(&fdvault.Record{Pid: uint32(pid), Seq: 4, Tag: &tag}, []*os.File{pidfd, r, r2}); err != nil {
+		t.Fatal(err)
+	}
+	// The plugin's own copies go, as when it dies.
+	pidfd.Close()
+	r.Close()
+	r2.Close()
+	detach := v.Attach(uint32(pid))
+	if _, err := w.Write([]byte("kept")); err != nil {
+		t.Fatalf("write after the reader's plugin closed it: %v", err)
+	}
+	w.Close()
+	w2.Close()
+	// The reaper of envd-init (here: this test) takes the exit.
+	var ws syscall.WaitStatus
+	for {
+		if _, err := syscall.Wait4(pid, &ws, 0, nil); err != syscall.EINTR {
+			break
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for v.Len() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond) // the deposit is not acknowledged
+	}
+	if !v.Reaped(pid, unix.WaitStatus(ws)) {
+		t.Fatal("the vault did not know the reaped pid")
+	}
+
+	next := client(t, v)
+	got, err := next.Fetch()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 {
+		t.Fatalf("fetched %d records", len(got))
+	}
+	rec := got[0].Rec
+	if rec.Pid != uint32(pid) || rec.Seq != 4 || rec.Tag == nil || *rec.Tag != "t" || !rec.Reaped || unix.WaitStatus(rec.Status).ExitStatus() != 3 || rec.Streams != 1 {
+		t.Fatalf("record %+v", rec)
+	}
+	if len(got[0].Files) != 3 {
+		t.Fatalf("%d fds", len(got[0].Files))
+	}
+	b, err := io.ReadAll(got[0].Files[1])
+	if err != nil || string(b) != "kept" {
+		t.Fatalf("read %q, %v", b, err)
+	}
+	detach()
+	// Once the plugin says the process ended, only the status is kept.
+	if err := next.Exiting(uint32(pid), rec.Status); err != nil {
+		t.Fatal(err)
+	}
+	again, err := client(t, v).Fetch()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again) != 1 || !again[0].Rec.Released || len(again[0].Files) != 0 || again[0].Rec.Streams != 0 {
+		t.Fatalf("after exiting: %+v", again)
+	}
+	// A later reap of the same pid is another process's.
+	if v.Reaped(pid, 0) {
+		t.Fatal("a released record took a reap")
+	}
+}
