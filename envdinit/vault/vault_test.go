@@ -3,6 +3,7 @@ package vault
 import (
 	"io"
 	"os"
+	"runtime"
 	"os/exec"
 	"syscall"
 	"testing"
@@ -14,7 +15,7 @@ import (
 	"github.com/envd-project/envd/plugins/pluginkit/fdvault"
 )
 
-func client(t *testing.T, v *Vault) *fdvault.Client {
+func client(t testing.TB, v *Vault) *fdvault.Client {
 	t.Helper()
 	f, err := v.Connect()
 	if err != nil {
@@ -120,4 +121,98 @@ func TestDepositSurvivesThePlugin(t *testing.T) {
 	if v.Reaped(pid, 0) {
 		t.Fatal("a released record took a reap")
 	}
+}
+
+type bench struct {
+	b      *testing.B
+	v      *Vault
+	c      *fdvault.Client
+	r, r2  *os.File
+	cfg    []byte
+	closer []*os.File
+}
+
+func newBench(b *testing.B) *bench {
+	v := New(zap.NewNop())
+	r, w, err := os.Pipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	r2, w2, err := os.Pipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	bn := &bench{b: b, v: v, c: client(b, v), r: r, r2: r2, cfg: make([]byte, 160), closer: []*os.File{r, w, r2, w2}}
+	b.Cleanup(func() {
+		v.Close()
+		for _, f := range bn.closer {
+			f.Close()
+		}
+	})
+	return bn
+}
+
+// deposit is what a Start adds: a pidfd and a record with three fds (a
+// typical config: a shell command with a few environment variables).
+func (bn *bench) deposit(pid uint32) {
+	fd, err := unix.PidfdOpen(os.Getpid(), 0)
+	if err != nil {
+		bn.b.Skipf("no pidfd: %v", err)
+	}
+	pidfd := os.NewFile(uintptr(fd), "pidfd")
+	if err := bn.c.Deposit(&fdvault.Record{Pid: pid, Config: bn.cfg}, []*os.File{pidfd, bn.r, bn.r2}); err != nil {
+		bn.b.Fatal(err)
+	}
+	pidfd.Close()
+}
+
+// BenchmarkDeposit is the time a Start spends on keeping its process (the
+// deposit is not acknowledged: the Start does not wait for envd-init).
+func BenchmarkDeposit(b *testing.B) {
+	bn := newBench(b)
+	for i := 0; i < b.N; i++ {
+		bn.deposit(uint32(i + 1))
+	}
+	b.StopTimer()
+	if err := bn.c.Exiting(0, 0); err != nil { // all taken in
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkExiting is the time a process's end spends telling the vault
+// (one acknowledged round trip, before the reap).
+func BenchmarkExiting(b *testing.B) {
+	bn := newBench(b)
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		bn.deposit(uint32(i + 1))
+		b.StartTimer()
+		if err := bn.c.Exiting(uint32(i+1), 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkRecordMemory reports the envd-init heap one kept process costs
+// (its fds' kernel objects exist anyway; envd-init holds 3-4 references).
+func BenchmarkRecordMemory(b *testing.B) {
+	bn := newBench(b)
+	const n = 1000
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := 1; i <= n; i++ {
+		bn.deposit(uint32(i))
+	}
+	if err := bn.c.Exiting(0, 0); err != nil { // all taken in
+		b.Fatal(err)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if bn.v.Len() != n {
+		b.Fatalf("%d records kept", bn.v.Len())
+	}
+	for i := 0; i < b.N; i++ {
+	}
+	b.ReportMetric((float64(after.HeapAlloc)-float64(before.HeapAlloc))/n, "heapB/record")
 }

@@ -541,3 +541,40 @@ func newPluginUp(e *envdtest.Envd, old int) bool {
 	}
 	return false
 }
+
+// A kill deadline (Connect-Timeout-Ms of the Start) still fires when the
+// envd-proc that armed it was killed: the next one re-arms it from the
+// wall clock it finds in the vault's record.
+func TestKillDeadlineAcrossPluginCrash(t *testing.T) {
+	e := envdtest.Start(t)
+	cl := processconnect.NewProcessClient(http.DefaultClient, e.URL)
+	started := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+	defer cancel()
+	s, err := cl.Start(ctx, connect.NewRequest(&procpb.StartRequest{Process: &procpb.ProcessConfig{Cmd: "/bin/sleep", Args: []string{"60"}}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.Receive() {
+		t.Fatalf("no start event: %v", s.Err())
+	}
+	pid := int(s.Msg().GetEvent().GetStart().GetPid())
+	s.Close()
+	plugin := e.PluginPid("envd-proc")
+	if err := syscall.Kill(plugin, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitNewPlugin(t, e, plugin)
+	if time.Since(started) < 3*time.Second && syscall.Kill(pid, 0) != nil {
+		t.Fatal("the process died with envd-proc, before its deadline")
+	}
+	for syscall.Kill(pid, 0) == nil && !isZombie(pid) {
+		if time.Since(started) > 15*time.Second {
+			t.Fatalf("pid %d still alive long after its deadline", pid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if d := time.Since(started); d < 4*time.Second {
+		t.Fatalf("killed after %v, before its 4 s deadline", d)
+	}
+}

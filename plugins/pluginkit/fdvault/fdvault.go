@@ -29,7 +29,7 @@ const EnvFD = "ENVD_VAULT_FD"
 
 // MaxMessage bounds one message. A record whose config does not fit is
 // deposited without its environment (List then shows it without envs).
-const MaxMessage = 192 << 10
+const MaxMessage = 64 << 10
 
 // maxFDs is the most fds one message carries (pidfd + stdin/out/err).
 const maxFDs = 8
