@@ -3,8 +3,8 @@ package vault
 import (
 	"io"
 	"os"
-	"runtime"
 	"os/exec"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
