@@ -106,7 +106,7 @@ func (v *Vault) serve(p *peer) {
 			v.deposit(m.Rec, files)
 			continue // no ack: deposits do not wait
 		case fdvault.OpExiting:
-			v.exiting(m.Pid, m.Status)
+			v.exiting(p, m.Pid, m.Status)
 		case fdvault.OpCloseStdin:
 			v.closeStdin(m.Pid)
 		case fdvault.OpFetch:
@@ -152,7 +152,7 @@ func (v *Vault) deposit(rec *fdvault.Record, files []*os.File) {
 }
 
 // exiting: the plugin saw the process end; it keeps only the status now.
-func (v *Vault) exiting(pid uint32, status int32) {
+func (v *Vault) exiting(from *peer, pid uint32, status int32) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	r := v.recs[pid]
@@ -160,6 +160,17 @@ func (v *Vault) exiting(pid uint32, status int32) {
 		return
 	}
 	r.Released, r.Status = true, status
+	if cur := v.current; cur != nil && cur != from && !r.Reaped {
+		// A plugin being replaced reaped a process its successor already
+		// adopted (it ended during the swap): the successor learns it here,
+		// as envd-init's reaper will never see it.
+		m := &fdvault.Msg{Op: fdvault.OpExit, Pid: pid, Status: status}
+		go func() {
+			if err := cur.send(m, nil); err != nil {
+				v.log.Debug("vault exit push", zap.Error(err))
+			}
+		}()
+	}
 	r.Stdin = false
 	for _, f := range r.files {
 		f.Close()

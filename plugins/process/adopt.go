@@ -200,6 +200,15 @@ func (s *Service) Adopt(v *fdvault.Client) error {
 	if v == nil {
 		return nil
 	}
+	// Exits pushed while the fetched processes are being set up wait here.
+	s.mu.Lock()
+	s.earlyExits = map[uint32]unix.WaitStatus{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.earlyExits = nil
+		s.mu.Unlock()
+	}()
 	v.OnExit(s.adoptedExit)
 	got, err := v.Fetch()
 	if err != nil {
@@ -223,6 +232,9 @@ func (s *Service) Adopt(v *fdvault.Client) error {
 func (s *Service) adoptedExit(pid uint32, status int32) {
 	s.mu.Lock()
 	p := s.live[pid]
+	if p == nil && s.earlyExits != nil {
+		s.earlyExits[pid] = unix.WaitStatus(status)
+	}
 	s.mu.Unlock()
 	if p == nil {
 		return
@@ -306,6 +318,9 @@ func (s *Service) adopt(a fdvault.Adopted) error {
 	s.seq = max(s.seq, rec.Seq)
 	p.seq = rec.Seq
 	s.live[p.pid] = p
+	if st, ok := s.earlyExits[p.pid]; ok {
+		child.setExit(st)
+	}
 	s.mu.Unlock()
 	if rec.Deadline != 0 {
 		// Past deadlines fire at once.

@@ -22,6 +22,7 @@ import (
 
 	"connectrpc.com/connect"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	procpb "github.com/envd-project/envd/gen/process"
 	"github.com/envd-project/envd/internal/cgroups"
@@ -69,8 +70,11 @@ type Service struct {
 	live     map[uint32]*proc // started and not yet reaped
 	retained map[uint32]*proc // exited within the last 30 s
 	closing  bool
-	handover chan struct{}  // closed by Handover
-	running  sync.WaitGroup // one per lifecycle goroutine
+	handover chan struct{} // closed by Handover
+	// earlyExits holds exits of adopted processes pushed before they were
+	// registered (only while Adopt runs).
+	earlyExits map[uint32]unix.WaitStatus
+	running    sync.WaitGroup // one per lifecycle goroutine
 }
 
 var _ service.Process = (*Service)(nil)

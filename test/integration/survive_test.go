@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,6 +17,8 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	fspb "github.com/envd-project/envd/gen/filesystem"
+	"github.com/envd-project/envd/gen/filesystem/filesystemconnect"
 	procpb "github.com/envd-project/envd/gen/process"
 	"github.com/envd-project/envd/gen/process/processconnect"
 	"github.com/envd-project/envd/test/envdtest"
@@ -576,5 +579,82 @@ func TestKillDeadlineAcrossPluginCrash(t *testing.T) {
 	}
 	if d := time.Since(started); d < 4*time.Second {
 		t.Fatalf("killed after %v, before its 4 s deadline", d)
+	}
+}
+
+// replaceFile puts a fresh copy of the bundle's executable under name the
+// way make swap-<name> does (a new file renamed over the old one).
+func replaceFile(t *testing.T, dir, name string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "envd-init"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(dir, name+".new")
+	if err := os.WriteFile(tmp, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Replacing envd-fs under a running envd-init: a download in flight
+// finishes on the old process, the new one serves the next calls.
+func TestHotSwapEnvdFS(t *testing.T) {
+	dir := bundleCopy(t)
+	e := envdtest.StartFrom(t, dir)
+	data := bytes.Repeat([]byte("0123456789abcdef"), 4<<20) // 64 MiB
+	src := filepath.Join(t.TempDir(), "big")
+	if err := os.WriteFile(src, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.Get(e.URL + "/files?username=root&path=" + src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("download: %s", res.Status)
+	}
+	head := make([]byte, 1<<20)
+	if _, err := io.ReadFull(res.Body, head); err != nil {
+		t.Fatal(err)
+	}
+	old := e.PluginPid("envd-fs")
+	replaceFile(t, dir, "envd-fs")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		found := false
+		for _, pid := range envdtest.Children(e.Pid()) {
+			comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+			if strings.TrimSpace(string(comm)) == "envd-fs" && pid != old {
+				found = true
+			}
+		}
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("envd-fs was not replaced\n%s", e.Log())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	rest, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatalf("download across the swap: %v", err)
+	}
+	if !bytes.Equal(append(head, rest...), data) {
+		t.Fatalf("download across the swap: %d bytes, not the file", len(head)+len(rest))
+	}
+	fs := filesystemconnect.NewFilesystemClient(http.DefaultClient, e.URL)
+	if _, err := fs.Stat(envdtest.Ctx(t, 10*time.Second), connect.NewRequest(&fspb.StatRequest{Path: src})); err != nil {
+		t.Fatalf("Stat after the swap: %v", err)
+	}
+	for syscall.Kill(old, 0) == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the replaced envd-fs did not exit")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
