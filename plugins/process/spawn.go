@@ -327,7 +327,7 @@ func (s *Service) spawn(ctx context.Context, req *procpb.StartRequest) (*proc, *
 	if !s.beginLifecycle() {
 		chio.closeTheirs()
 		chio.closeOurs()
-		return nil, nil, errShuttingDown()
+		return nil, nil, s.errShuttingDown()
 	}
 	cmd := newCmd(attr)
 	err = cmd.Start()
@@ -380,6 +380,20 @@ func outputPolicy(pty bool) fanout.Policy {
 		return fanout.DropData
 	}
 	return fanout.DropSubscriber
+}
+
+// ErrReplaced is the message of a Start refused by an envd-proc that hands
+// over to its replacement (hot-swap): nothing was started, and envd-init
+// sends the call to the replacement.
+const ErrReplaced = "envd-proc is being replaced"
+
+func (s *Service) errShuttingDown() error {
+	select {
+	case <-s.handover:
+		return connect.NewError(connect.CodeUnavailable, errors.New(ErrReplaced))
+	default:
+	}
+	return errShuttingDown()
 }
 
 func errShuttingDown() error {

@@ -44,6 +44,13 @@ func pluginGone(err error) bool {
 	return false
 }
 
+// replaced reports whether a plugin being hot-swapped refused the call
+// without acting on it (process.ErrReplaced): its replacement takes it.
+func replaced(err error) bool {
+	st, ok := status.FromError(err)
+	return ok && st.Code() == codes.Unavailable && st.Message() == "envd-proc is being replaced"
+}
+
 // stopping reports whether a ConnFunc error says envd-init itself is stopping.
 func stopping(err error) bool {
 	return connect.CodeOf(err) == connect.CodeUnavailable && strings.Contains(err.Error(), "envd is stopping")
@@ -104,7 +111,7 @@ func (c *ProcessClient) follow(ctx context.Context, open func(procpb.ProcessClie
 			return nil
 		}
 		if err != nil {
-			if !received && !retried && dialFailed(err) {
+			if !received && !retried && (dialFailed(err) || replaced(err)) {
 				// Never reached the plugin: open it once more.
 				retried, stale = true, conn
 				if err := openOnce(false); err != nil {
