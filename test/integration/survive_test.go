@@ -658,3 +658,71 @@ func TestHotSwapEnvdFS(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// make build while envd-init runs from bin/: a new envd-init is written and
+// re-linked under the three plugin names. All three plugins are swapped;
+// the counter's stream loses nothing and the other services answer again.
+func TestRelinkSwapsAllPlugins(t *testing.T) {
+	dir := bundleCopy(t)
+	e := envdtest.StartFrom(t, dir)
+	ctx := envdtest.Ctx(t, 2*time.Minute)
+	cl := processconnect.NewProcessClient(http.DefaultClient, e.URL)
+	stop := filepath.Join(t.TempDir(), "stop")
+	counter := watchStart(ctx, cl, &procpb.StartRequest{Process: counterScript(stop)})
+	counter.waitFor(t, "counter at 5", func(out string) bool { return strings.Contains(out, "\n5\n") })
+	old := map[string]int{}
+	for _, name := range []string{"envd-proc", "envd-fs", "envd-net"} {
+		old[name] = e.PluginPid(name)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "envd-init"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(dir, "envd-init.new")
+	if err := os.WriteFile(tmp, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, "envd-init")); err != nil {
+		t.Fatal(err)
+	}
+	for name := range old {
+		// ln -f: the name goes, then comes back as a link to the new file.
+		if err := os.Remove(filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Link(filepath.Join(dir, "envd-init"), filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, pid := range old {
+		for syscall.Kill(pid, 0) == nil {
+			if ctx.Err() != nil {
+				t.Fatalf("%s (pid %d) was not replaced\n%s", name, pid, e.Log())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if now := e.PluginPid(name); now == 0 || now == pid {
+			// Being started: the health check below waits for it.
+			t.Logf("%s: replacement pid %d", name, now)
+		}
+	}
+	if err := e.WaitHealthy(20 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	fs := filesystemconnect.NewFilesystemClient(http.DefaultClient, e.URL)
+	if _, err := fs.Stat(ctx, connect.NewRequest(&fspb.StatRequest{Path: dir})); err != nil {
+		t.Fatalf("Stat after the swap: %v", err)
+	}
+	before := lastNumber(t, counter.output())
+	counter.waitFor(t, "counter after the swap", func(string) bool { return lastNumber(t, counter.output()) > before+5 })
+	if err := os.WriteFile(stop, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	end, err, _ := counter.result()
+	if end.GetExitCode() != 7 {
+		t.Fatalf("counter ended %v (%v)", end, err)
+	}
+	if m := gaps(t, numbers(t, counter.output())); m != 0 {
+		t.Fatalf("%d counter lines lost in the swap", m)
+	}
+}
