@@ -237,7 +237,7 @@ func run(cfg Config, log *zap.Logger, export *logexport.Exporter) error {
 	host.Start(ctx)
 
 	if cfg.Cmd != "" {
-		go startCmd(ctx, log, sup, cfg.Cmd)
+		go startCmd(ctx, log, sup, fdv, cfg.Cmd)
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- door.Serve(ln) }()
@@ -280,14 +280,14 @@ func socketDir(log *zap.Logger) string {
 
 // startCmd runs --cmd through envd-proc once it is up, like Wrenn-Go's
 // envd: bash -l -c as root, tag startCmd, visible in List.
-func startCmd(ctx context.Context, log *zap.Logger, sup *supervisor.Supervisor, cmd string) {
+func startCmd(ctx context.Context, log *zap.Logger, sup *supervisor.Supervisor, streams grpcadapter.StreamRegistry, cmd string) {
 	readyCtx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	if err := sup.Ready(readyCtx); err != nil {
 		log.Error("--cmd not started", zap.Error(err))
 		return
 	}
-	proc := &grpcadapter.ProcessClient{Plugin: contract.Proc, Conn: sup.Conn(contract.Proc)}
+	proc := &grpcadapter.ProcessClient{Plugin: contract.Proc, Conn: sup.Conn(contract.Proc), Streams: streams}
 	tag, cwd := "startCmd", "/home/user"
 	if _, err := os.Stat(cwd); err != nil {
 		cwd = "/"

@@ -85,11 +85,11 @@ func (c *ProcessClient) client(ctx context.Context, stale grpc.ClientConnInterfa
 }
 
 func (c *ProcessClient) List(ctx context.Context, req *procpb.ListRequest) (*procpb.ListResponse, error) {
-	return unary(ctx, c.Plugin, c.client, req, procpb.ProcessClient.List)
+	return idempotent(ctx, c, req, procpb.ProcessClient.List)
 }
 
 func (c *ProcessClient) Update(ctx context.Context, req *procpb.UpdateRequest) (*procpb.UpdateResponse, error) {
-	return unary(ctx, c.Plugin, c.client, req, procpb.ProcessClient.Update)
+	return idempotent(ctx, c, req, procpb.ProcessClient.Update)
 }
 
 func (c *ProcessClient) SendInput(ctx context.Context, req *procpb.SendInputRequest) (*procpb.SendInputResponse, error) {
@@ -101,7 +101,7 @@ func (c *ProcessClient) SendSignal(ctx context.Context, req *procpb.SendSignalRe
 }
 
 func (c *ProcessClient) CloseStdin(ctx context.Context, req *procpb.CloseStdinRequest) (*procpb.CloseStdinResponse, error) {
-	return unary(ctx, c.Plugin, c.client, req, procpb.ProcessClient.CloseStdin)
+	return idempotent(ctx, c, req, procpb.ProcessClient.CloseStdin)
 }
 
 func (c *ProcessClient) Start(ctx context.Context, req *procpb.StartRequest, send service.Send[procpb.StartResponse]) error {

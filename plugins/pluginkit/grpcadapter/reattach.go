@@ -313,3 +313,24 @@ func (c *ProcessClient) streamInput(ctx context.Context, recv service.Recv[procp
 		}
 	}
 }
+
+// idempotent is unary for calls that may safely run twice (List, Update,
+// CloseStdin): one cut by the plugin's death is sent again, once, to the
+// replacement, so that it waits for the plugin instead of failing.
+func idempotent[Req, Res any](ctx context.Context, c *ProcessClient, req *Req,
+	call func(procpb.ProcessClient, context.Context, *Req, ...grpc.CallOption) (*Res, error)) (*Res, error) {
+	octx := callinfo.ToOutgoing(ctx)
+	var stale grpc.ClientConnInterface
+	for attempt := 0; ; attempt++ {
+		cl, conn, err := c.client(ctx, stale)
+		if err != nil {
+			return nil, err
+		}
+		res, err := call(cl, octx, req)
+		if attempt == 0 && err != nil && ctx.Err() == nil && (undelivered(err) || pluginGone(err)) && !replaced(err) {
+			stale = conn
+			continue
+		}
+		return res, fromStatus(c.Plugin, err)
+	}
+}
