@@ -107,6 +107,8 @@ func (v *Vault) serve(p *peer) {
 			continue // no ack: deposits do not wait
 		case fdvault.OpExiting:
 			v.exiting(p, m.Pid, m.Status)
+			continue // not acknowledged
+		case fdvault.OpSync:
 		case fdvault.OpCloseStdin:
 			v.closeStdin(m.Pid)
 		case fdvault.OpFetch:

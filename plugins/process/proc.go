@@ -336,8 +336,8 @@ func (s *Service) lifecycle(p *proc) {
 	if err != nil {
 		p.log.Warn("waiting for process exit failed", zap.Error(err))
 	} else if s.vault != nil {
-		// Before the reap: once reaped, the pid may name another process,
-		// and a record still live in the vault would be matched to it.
+		// Queued before the reap: once reaped, the pid may name another
+		// process, and a record still live in the vault would be matched to it.
 		if err := s.vault.Exiting(p.pid, int32(ws)); err != nil {
 			p.log.Warn("fd vault did not take the exit", zap.Error(err))
 		}

@@ -203,10 +203,15 @@ func (c *Client) Deposit(rec *Record, files []*os.File) error {
 	return err
 }
 
-// Exiting tells the vault that pid ended with the wait status; it returns
-// once the vault has recorded it, so the caller may reap the pid.
+// Exiting tells the vault that pid ended with the wait status. Once it
+// returns the message is queued in order, and the caller may reap the pid.
 func (c *Client) Exiting(pid uint32, status int32) error {
-	_, err := c.call(&Msg{Op: OpExiting, Pid: pid, Status: status}, nil)
+	return c.send(&Msg{Op: OpExiting, Pid: pid, Status: status}, nil)
+}
+
+// Sync returns once the vault has handled every earlier message.
+func (c *Client) Sync() error {
+	_, err := c.call(&Msg{Op: OpSync}, nil)
 	return err
 }
 

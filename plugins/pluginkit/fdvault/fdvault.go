@@ -39,10 +39,15 @@ const (
 	// OpDeposit (plugin → vault): Rec, with fds [pidfd, master] in PTY mode
 	// or [pidfd, stdout, stderr, stdin?] in pipe mode.
 	OpDeposit = "deposit"
-	// OpExiting (plugin → vault, acked): the process exited with Status
-	// and the plugin is about to reap it (or envd-init already did): the
-	// vault closes its fds and keeps the status for the retention time.
+	// OpExiting (plugin → vault): the process exited with Status and the
+	// plugin is about to reap it (or envd-init already did): the vault
+	// closes its fds and keeps the status for the retention time. Not
+	// acknowledged: sent before the reap, it is in the vault's queue before
+	// the pid can name another process, and the vault reads in order.
 	OpExiting = "exiting"
+	// OpSync (plugin → vault, acked): does nothing; its ack says every
+	// earlier message was handled.
+	OpSync = "sync"
 	// OpCloseStdin (plugin → vault, acked): close the vault's stdin copy,
 	// so the process sees EOF.
 	OpCloseStdin = "closestdin"
