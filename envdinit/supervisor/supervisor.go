@@ -240,8 +240,14 @@ func (s *Supervisor) handover(m *managed, inst *instance) {
 	cancel()
 	if err != nil {
 		// It may still be reading: the replacement must not start next to
-		// it. Stopping it costs what a crash costs.
-		m.log.Warn("plugin handover failed; stopping it before its replacement starts", zap.Error(err))
+		// it. A SIGKILL costs what a crash costs (go-plugin's graceful Kill
+		// would run the plugin's Shutdown, which ends user processes).
+		m.log.Warn("plugin handover failed; killing it before its replacement starts", zap.Error(err))
+		_ = inst.runner.Kill(context.Background())
+		select {
+		case <-inst.runner.Exited():
+		case <-time.After(5 * time.Second):
+		}
 		inst.client.Kill()
 		return
 	}
