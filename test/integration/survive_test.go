@@ -478,6 +478,11 @@ func TestHotSwapEnvdProc(t *testing.T) {
 	second := watchConnect(ctx, cl, &procpb.ProcessSelector{Selector: &procpb.ProcessSelector_Tag{Tag: tag}})
 	second.waitFor(t, "the Connect stream", func(out string) bool { return strings.Count(out, "\n") >= 2 })
 	pid := counter.getPid()
+	shell := watchStart(ctx, cl, &procpb.StartRequest{
+		Process: &procpb.ProcessConfig{Cmd: "/bin/bash", Args: []string{"--norc", "--noprofile", "-i"}, Envs: map[string]string{"PS1": "$ "}},
+		Pty:     &procpb.PTY{Size: &procpb.PTY_Size{Cols: 80, Rows: 24}},
+	})
+	shell.waitFor(t, "the prompt", func(out string) bool { return strings.Contains(out, "$ ") })
 
 	old := e.PluginPid("envd-proc")
 	root, err := filepath.Abs("../..")
@@ -511,6 +516,20 @@ func TestHotSwapEnvdProc(t *testing.T) {
 	counter.waitFor(t, "counter after the swap", func(string) bool { return lastNumber(t, counter.output()) > before+10 })
 	if err := syscall.Kill(int(pid), 0); err != nil {
 		t.Fatalf("counter %d is gone after the swap: %v", pid, err)
+	}
+	// The terminal went over too: it answers on the stream held through the swap.
+	shellSel := &procpb.ProcessSelector{Selector: &procpb.ProcessSelector_Pid{Pid: shell.getPid()}}
+	if _, err := cl.SendInput(ctx, connect.NewRequest(&procpb.SendInputRequest{
+		Process: shellSel, Input: &procpb.ProcessInput{Input: &procpb.ProcessInput_Pty{Pty: []byte("echo swapped-$((6*7))\n")}},
+	})); err != nil {
+		t.Fatal(err)
+	}
+	shell.waitFor(t, "the shell after the swap", func(out string) bool { return strings.Contains(out, "swapped-42") })
+	if _, err := cl.SendSignal(ctx, connect.NewRequest(&procpb.SendSignalRequest{Process: shellSel, Signal: procpb.Signal_SIGNAL_SIGKILL})); err != nil {
+		t.Fatal(err)
+	}
+	if end, err, starts := shell.result(); end.GetStatus() != "signal: killed" || starts != 1 {
+		t.Fatalf("shell: end %v (%v), %d start events", end, err, starts)
 	}
 	if err := os.WriteFile(stop, nil, 0o644); err != nil {
 		t.Fatal(err)
