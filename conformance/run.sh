@@ -149,7 +149,8 @@ else
 fi
 
 set +e
-ENVD_CONFORMANCE_FLAVOR=$flavor E2B_DEBUG=true node --test --test-concurrency=1 --test-timeout=120000 "${files[@]}"
+# ENVD_INIT_PID: tests that crash a plugin find it among envd-init's children.
+ENVD_INIT_PID=$envd_pid ENVD_CONFORMANCE_FLAVOR=$flavor E2B_DEBUG=true node --test --test-concurrency=1 --test-timeout=120000 "${files[@]}"
 status=$?
 set -e
 exit "$status"

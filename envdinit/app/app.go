@@ -29,6 +29,7 @@ import (
 	"github.com/envd-project/envd/envdinit/state"
 	"github.com/envd-project/envd/envdinit/supervisor"
 	"github.com/envd-project/envd/envdinit/sysinit"
+	"github.com/envd-project/envd/envdinit/vault"
 	controlpb "github.com/envd-project/envd/gen/control"
 	procpb "github.com/envd-project/envd/gen/process"
 	"github.com/envd-project/envd/internal/cgroups"
@@ -216,6 +217,15 @@ func run(cfg Config, log *zap.Logger, export *logexport.Exporter, sys *sysinit.S
 	if err != nil {
 		return err
 	}
+	// User processes outlive envd-proc: their fds and statuses are kept here.
+	fdv := vault.New(log.Named("vault"))
+	defer fdv.Close()
+	rp.OnOrphan(fdv.Reaped)
+	for i := range specs {
+		if specs[i].Name == contract.Proc {
+			specs[i].Vault = fdv
+		}
+	}
 	store := state.New(&controlpb.Config{
 		Flavor:         string(cfg.Flavor),
 		IsNotFc:        cfg.IsNotFC,
@@ -223,7 +233,7 @@ func run(cfg Config, log *zap.Logger, export *logexport.Exporter, sys *sysinit.S
 		ReservedPorts:  []uint32{uint32(cfg.Port)},
 		ForwardAddress: "169.254.0.21",
 	})
-	sup := supervisor.New(log.Named("supervisor"), rp, store, specs, supervisor.Options{SocketDir: socketDir(log)})
+	sup := supervisor.New(log.Named("supervisor"), rp, store, specs, supervisor.Options{SocketDir: socketDir(log), WatchFiles: true})
 
 	ln, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(cfg.Port)))
 	if err != nil {
@@ -263,13 +273,14 @@ func run(cfg Config, log *zap.Logger, export *logexport.Exporter, sys *sysinit.S
 		Conn:    func(name string) grpcadapter.ConnFunc { return sup.Conn(name) },
 		Socket:  sup.HTTPSocket,
 		Handoff: sup.HandoffSocket,
+		Streams: fdv,
 		Host:    host,
 		Users:   users.Default,
 	})
 	host.Start(ctx)
 
 	if cfg.Cmd != "" {
-		go startCmd(ctx, log, sup, cfg.Cmd)
+		go startCmd(ctx, log, sup, fdv, cfg.Cmd)
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- door.Serve(ln) }()
@@ -315,14 +326,14 @@ func socketDir(log *zap.Logger) string {
 
 // startCmd runs --cmd through envd-proc once it is up, like Wrenn-Go's
 // envd: bash -l -c as root, tag startCmd, visible in List.
-func startCmd(ctx context.Context, log *zap.Logger, sup *supervisor.Supervisor, cmd string) {
+func startCmd(ctx context.Context, log *zap.Logger, sup *supervisor.Supervisor, streams grpcadapter.StreamRegistry, cmd string) {
 	readyCtx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	if err := sup.Ready(readyCtx); err != nil {
 		log.Error("--cmd not started", zap.Error(err))
 		return
 	}
-	proc := &grpcadapter.ProcessClient{Plugin: contract.Proc, Conn: sup.Conn(contract.Proc)}
+	proc := &grpcadapter.ProcessClient{Plugin: contract.Proc, Conn: sup.Conn(contract.Proc), Streams: streams}
 	tag, cwd := "startCmd", "/home/user"
 	if _, err := os.Stat(cwd); err != nil {
 		cwd = "/"

@@ -47,6 +47,9 @@ type Options struct {
 	// Handoff returns the socket for whole client connections of a plugin
 	// that is up now; it never waits.
 	Handoff func(name string) (string, error)
+	// Streams counts the process streams held open, for their re-attachment
+	// to a restarted envd-proc (may be nil).
+	Streams grpcadapter.StreamRegistry
 	Host    Host
 	Users   connectadapter.UserDB
 }
@@ -73,7 +76,7 @@ func New(opts Options) *Server {
 		backLn: newBackListener(&net.TCPAddr{})}
 	mux := http.NewServeMux()
 	handlerOpts := connectadapter.HandlerOptions(opts.Users)
-	mux.Handle(connectadapter.NewProcessHandler(&grpcadapter.ProcessClient{Plugin: contract.Proc, Conn: opts.Conn(contract.Proc)}, handlerOpts...))
+	mux.Handle(connectadapter.NewProcessHandler(&grpcadapter.ProcessClient{Plugin: contract.Proc, Conn: opts.Conn(contract.Proc), Streams: opts.Streams}, handlerOpts...))
 	fsPath, fsProxy := connectadapter.NewFilesystemHandler(&grpcadapter.FilesystemClient{Plugin: contract.FS, Conn: opts.Conn(contract.FS)}, handlerOpts...)
 	mux.Handle(fsPath, fsProxy)
 	// A file's bytes and a ListDir answer (which then is not re-encoded

@@ -47,6 +47,17 @@ type Reaper struct {
 	orphans uint64
 	sigs    chan os.Signal
 	done    chan struct{}
+	// orphan, when set, is offered every reaped child nobody started
+	// through Start (the fd vault keeps user processes' statuses).
+	orphan func(pid int, ws unix.WaitStatus) bool
+}
+
+// OnOrphan sets the receiver of orphans' exits; it returns whether it
+// knew the pid. Set it before the children it cares about can exit.
+func (r *Reaper) OnOrphan(fn func(pid int, ws unix.WaitStatus) bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.orphan = fn
 }
 
 // MakeSubreaper makes this process inherit orphaned descendants when it is
@@ -107,11 +118,16 @@ func (r *Reaper) reapAll() {
 		if !ok {
 			r.orphans++
 		}
+		orphan := r.orphan
 		r.mu.Unlock()
 		exit := Exit{Pid: pid, Status: ws}
 		if ok {
 			ch <- exit
 			close(ch)
+			continue
+		}
+		if orphan != nil && orphan(pid, ws) {
+			r.log.Debug("reaped a user process of a gone envd-proc", zap.Int("pid", pid), zap.Stringer("status", exit))
 			continue
 		}
 		r.log.Debug("reaped orphan", zap.Int("pid", pid), zap.Stringer("status", exit))

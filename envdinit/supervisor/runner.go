@@ -76,6 +76,9 @@ func (r *reapedRunner) Start(context.Context) error {
 	// The child has its copies; ours would keep the pipes open forever.
 	r.outW.Close()
 	r.errW.Close()
+	for _, f := range r.cmd.ExtraFiles {
+		f.Close()
+	}
 	if err != nil {
 		r.stdout.Close()
 		r.stderr.Close()
@@ -147,6 +150,7 @@ func withoutCgroup(cmd *exec.Cmd) *exec.Cmd {
 	c := exec.Command(cmd.Path)
 	c.Args, c.Env, c.Dir = cmd.Args, cmd.Env, cmd.Dir
 	c.Stdin, c.Stdout, c.Stderr = cmd.Stdin, cmd.Stdout, cmd.Stderr
+	c.ExtraFiles = cmd.ExtraFiles
 	attr := *cmd.SysProcAttr
 	attr.UseCgroupFD, attr.CgroupFD = false, 0
 	c.SysProcAttr = &attr

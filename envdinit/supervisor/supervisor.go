@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"sync"
 	"sync/atomic"
@@ -20,8 +21,10 @@ import (
 	"connectrpc.com/connect"
 	"github.com/envd-project/envd/envdinit/reaper"
 	"github.com/envd-project/envd/envdinit/state"
+	"github.com/envd-project/envd/envdinit/vault"
 	controlpb "github.com/envd-project/envd/gen/control"
 	"github.com/envd-project/envd/plugins/pluginkit/contract"
+	"github.com/envd-project/envd/plugins/pluginkit/fdvault"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 	"github.com/hashicorp/go-plugin/runner"
@@ -42,6 +45,9 @@ type Spec struct {
 	// (contract.LoadReattach: JSON, or a file holding it): the supervisor
 	// attaches to it instead of starting the plugin, and never kills it.
 	Reattach string
+	// Vault, when set, gives each start of the plugin its own socket to
+	// envd-init's fd vault (envd-proc: user processes outlive it).
+	Vault *vault.Vault
 }
 
 // Options tune the supervisor.
@@ -54,6 +60,8 @@ type Options struct {
 	StartTimeout time.Duration
 	// SocketDir holds the plugins' Unix sockets; "" is the system temp dir.
 	SocketDir string
+	// WatchFiles hot-swaps a plugin whose executable is replaced.
+	WatchFiles bool
 }
 
 func (o *Options) setDefaults() {
@@ -96,6 +104,9 @@ type managed struct {
 
 	wantOnce sync.Once
 	wanted   chan struct{} // closed when a caller needs the plugin
+
+	fileID  fileID         // of the executable the running instance came from; guarded by mu
+	swapReq chan time.Time // a hot-swap asked for at that time (watchFiles)
 }
 
 // want marks the plugin as needed now, which ends its wait to be started.
@@ -137,7 +148,7 @@ func New(log *zap.Logger, r *reaper.Reaper, store *state.Store, specs []Spec, op
 	opts.setDefaults()
 	s := &Supervisor{log: log, reaper: r, store: store, opts: opts, plugins: map[string]*managed{}, stopped: make(chan struct{})}
 	for _, sp := range specs {
-		s.plugins[sp.Name] = &managed{spec: sp, log: log.With(zap.String("plugin", sp.Name)), ready: make(chan struct{}), wanted: make(chan struct{})}
+		s.plugins[sp.Name] = &managed{spec: sp, log: log.With(zap.String("plugin", sp.Name)), ready: make(chan struct{}), wanted: make(chan struct{}), swapReq: make(chan time.Time, 1)}
 		s.order = append(s.order, sp.Name)
 	}
 	store.Subscribe(s.push)
@@ -158,6 +169,9 @@ const (
 // Start launches the plugins in order (see othersAfter) and keeps them
 // running until Stop.
 func (s *Supervisor) Start() {
+	if s.opts.WatchFiles {
+		go s.watchFiles()
+	}
 	for i, name := range s.order {
 		m := s.plugins[name]
 		s.wg.Add(1)
@@ -197,6 +211,7 @@ func (s *Supervisor) holdBack(m *managed) bool {
 // keep runs one plugin until Stop, restarting it when it exits.
 func (s *Supervisor) keep(m *managed) {
 	backoff := s.opts.MinBackoff
+	var swapAt time.Time // when the swap being done was asked for
 	for {
 		select {
 		case <-s.stopped:
@@ -209,9 +224,17 @@ func (s *Supervisor) keep(m *managed) {
 			m.log.Error("plugin start failed", zap.Error(err), zap.Duration("retry_in", backoff))
 		} else {
 			m.log.Info("plugin up", zap.Int("pid", int(inst.health.GetPid())), zap.Duration("took", time.Since(began)))
+			if !swapAt.IsZero() {
+				m.log.Info("plugin swapped", zap.Duration("since_file_change", time.Since(swapAt)))
+				swapAt = time.Time{}
+			}
 			select {
 			case <-inst.exited:
 				m.log.Error("plugin exited; restarting", zap.String("status", inst.status()))
+			case at := <-m.swapReq:
+				s.handover(m, inst)
+				swapAt, backoff = at, s.opts.MinBackoff
+				continue // the replacement starts at once
 			case <-s.stopped:
 				return
 			}
@@ -231,7 +254,56 @@ func (s *Supervisor) keep(m *managed) {
 	}
 }
 
+// handoverExit bounds how long a replaced plugin may take to finish its
+// calls and exit (its own bound is 30 s) before it is killed.
+const handoverExit = 35 * time.Second
+
+// handover hands m's work from inst to the replacement keep() starts next:
+// calls wait for the replacement from now on; the old plugin passes on what
+// it holds (envd-proc: stops reading output, ends each stream after the
+// last byte it read) and exits once its calls have finished, while the
+// replacement already serves.
+func (s *Supervisor) handover(m *managed, inst *instance) {
+	m.setDown(inst)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	_, err := inst.control.Handover(ctx, &controlpb.HandoverRequest{})
+	cancel()
+	if err != nil {
+		// It may still be reading: the replacement must not start next to
+		// it. A SIGKILL costs what a crash costs (go-plugin's graceful Kill
+		// would run the plugin's Shutdown, which ends user processes).
+		m.log.Warn("plugin handover failed; killing it before its replacement starts", zap.Error(err))
+		_ = inst.runner.Kill(context.Background())
+		select {
+		case <-inst.exited:
+		case <-time.After(5 * time.Second):
+		}
+		inst.close()
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		select {
+		case <-inst.exited:
+		case <-time.After(handoverExit):
+			m.log.Warn("replaced plugin did not exit; killing it")
+		case <-s.stopped:
+		}
+		inst.close()
+	}()
+}
+
 func (s *Supervisor) launch(m *managed) (*instance, error) {
+	// The file about to run; a swap asked for before now is done by this start.
+	id, _ := statID(m.spec.Path)
+	m.mu.Lock()
+	m.fileID = id
+	m.mu.Unlock()
+	select {
+	case <-m.swapReq:
+	default:
+	}
 	var run *reapedRunner
 	// started is run for the stop watch below, which runs beside go-plugin.
 	var started atomic.Pointer[reapedRunner]
@@ -266,6 +338,15 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 			if m.spec.CgroupFD >= 0 {
 				cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, m.spec.CgroupFD
+			}
+			if m.spec.Vault != nil {
+				f, err := m.spec.Vault.Connect()
+				if err != nil {
+					return nil, fmt.Errorf("vault socket for %s: %w", m.spec.Name, err)
+				}
+				// ExtraFiles[0] is fd 3 in the plugin.
+				cmd.ExtraFiles = []*os.File{f}
+				cmd.Env = append(cmd.Env, fdvault.EnvFD+"=3")
 			}
 			r, err := newReapedRunner(s.reaper, cmd)
 			run = r

@@ -560,6 +560,78 @@ func (*ShutdownResponse) Descriptor() ([]byte, []int) {
 	return file_control_control_proto_rawDescGZIP(), []int{10}
 }
 
+type HandoverRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandoverRequest) Reset() {
+	*x = HandoverRequest{}
+	mi := &file_control_control_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandoverRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandoverRequest) ProtoMessage() {}
+
+func (x *HandoverRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_control_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandoverRequest.ProtoReflect.Descriptor instead.
+func (*HandoverRequest) Descriptor() ([]byte, []int) {
+	return file_control_control_proto_rawDescGZIP(), []int{11}
+}
+
+type HandoverResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandoverResponse) Reset() {
+	*x = HandoverResponse{}
+	mi := &file_control_control_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandoverResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandoverResponse) ProtoMessage() {}
+
+func (x *HandoverResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_control_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandoverResponse.ProtoReflect.Descriptor instead.
+func (*HandoverResponse) Descriptor() ([]byte, []int) {
+	return file_control_control_proto_rawDescGZIP(), []int{12}
+}
+
 var File_control_control_proto protoreflect.FileDescriptor
 
 const file_control_control_proto_rawDesc = "" +
@@ -597,13 +669,16 @@ const file_control_control_proto_rawDesc = "" +
 	"\x17SnapshotRestoredRequest\"\x1a\n" +
 	"\x18SnapshotRestoredResponse\"\x11\n" +
 	"\x0fShutdownRequest\"\x12\n" +
-	"\x10ShutdownResponse2\xee\x02\n" +
+	"\x10ShutdownResponse\"\x11\n" +
+	"\x0fHandoverRequest\"\x12\n" +
+	"\x10HandoverResponse2\xaf\x03\n" +
 	"\aControl\x128\n" +
 	"\tConfigure\x12\x0f.control.Config\x1a\x1a.control.ConfigureResponse\x129\n" +
 	"\x06Health\x12\x16.control.HealthRequest\x1a\x17.control.HealthResponse\x12T\n" +
 	"\x0fSnapshotPrepare\x12\x1f.control.SnapshotPrepareRequest\x1a .control.SnapshotPrepareResponse\x12W\n" +
 	"\x10SnapshotRestored\x12 .control.SnapshotRestoredRequest\x1a!.control.SnapshotRestoredResponse\x12?\n" +
-	"\bShutdown\x12\x18.control.ShutdownRequest\x1a\x19.control.ShutdownResponseB*Z(github.com/envd-project/envd/gen/controlb\x06proto3"
+	"\bShutdown\x12\x18.control.ShutdownRequest\x1a\x19.control.ShutdownResponse\x12?\n" +
+	"\bHandover\x12\x18.control.HandoverRequest\x1a\x19.control.HandoverResponseB*Z(github.com/envd-project/envd/gen/controlb\x06proto3"
 
 var (
 	file_control_control_proto_rawDescOnce sync.Once
@@ -617,7 +692,7 @@ func file_control_control_proto_rawDescGZIP() []byte {
 	return file_control_control_proto_rawDescData
 }
 
-var file_control_control_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_control_control_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_control_control_proto_goTypes = []any{
 	(*Config)(nil),                   // 0: control.Config
 	(*CgroupConfig)(nil),             // 1: control.CgroupConfig
@@ -630,23 +705,27 @@ var file_control_control_proto_goTypes = []any{
 	(*SnapshotRestoredResponse)(nil), // 8: control.SnapshotRestoredResponse
 	(*ShutdownRequest)(nil),          // 9: control.ShutdownRequest
 	(*ShutdownResponse)(nil),         // 10: control.ShutdownResponse
-	nil,                              // 11: control.Config.EnvVarsEntry
+	(*HandoverRequest)(nil),          // 11: control.HandoverRequest
+	(*HandoverResponse)(nil),         // 12: control.HandoverResponse
+	nil,                              // 13: control.Config.EnvVarsEntry
 }
 var file_control_control_proto_depIdxs = []int32{
-	11, // 0: control.Config.env_vars:type_name -> control.Config.EnvVarsEntry
+	13, // 0: control.Config.env_vars:type_name -> control.Config.EnvVarsEntry
 	1,  // 1: control.Config.cgroups:type_name -> control.CgroupConfig
 	0,  // 2: control.Control.Configure:input_type -> control.Config
 	3,  // 3: control.Control.Health:input_type -> control.HealthRequest
 	5,  // 4: control.Control.SnapshotPrepare:input_type -> control.SnapshotPrepareRequest
 	7,  // 5: control.Control.SnapshotRestored:input_type -> control.SnapshotRestoredRequest
 	9,  // 6: control.Control.Shutdown:input_type -> control.ShutdownRequest
-	2,  // 7: control.Control.Configure:output_type -> control.ConfigureResponse
-	4,  // 8: control.Control.Health:output_type -> control.HealthResponse
-	6,  // 9: control.Control.SnapshotPrepare:output_type -> control.SnapshotPrepareResponse
-	8,  // 10: control.Control.SnapshotRestored:output_type -> control.SnapshotRestoredResponse
-	10, // 11: control.Control.Shutdown:output_type -> control.ShutdownResponse
-	7,  // [7:12] is the sub-list for method output_type
-	2,  // [2:7] is the sub-list for method input_type
+	11, // 7: control.Control.Handover:input_type -> control.HandoverRequest
+	2,  // 8: control.Control.Configure:output_type -> control.ConfigureResponse
+	4,  // 9: control.Control.Health:output_type -> control.HealthResponse
+	6,  // 10: control.Control.SnapshotPrepare:output_type -> control.SnapshotPrepareResponse
+	8,  // 11: control.Control.SnapshotRestored:output_type -> control.SnapshotRestoredResponse
+	10, // 12: control.Control.Shutdown:output_type -> control.ShutdownResponse
+	12, // 13: control.Control.Handover:output_type -> control.HandoverResponse
+	8,  // [8:14] is the sub-list for method output_type
+	2,  // [2:8] is the sub-list for method input_type
 	2,  // [2:2] is the sub-list for extension type_name
 	2,  // [2:2] is the sub-list for extension extendee
 	0,  // [0:2] is the sub-list for field type_name
@@ -663,7 +742,7 @@ func file_control_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_control_proto_rawDesc), len(file_control_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

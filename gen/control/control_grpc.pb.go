@@ -29,6 +29,7 @@ const (
 	Control_SnapshotPrepare_FullMethodName  = "/control.Control/SnapshotPrepare"
 	Control_SnapshotRestored_FullMethodName = "/control.Control/SnapshotRestored"
 	Control_Shutdown_FullMethodName         = "/control.Control/Shutdown"
+	Control_Handover_FullMethodName         = "/control.Control/Handover"
 )
 
 // ControlClient is the client API for Control service.
@@ -46,6 +47,12 @@ type ControlClient interface {
 	// Graceful stop: the plugin ends its user-visible work (kills user
 	// processes, closes watchers) before envd-init stops it.
 	Shutdown(ctx context.Context, in *ShutdownRequest, opts ...grpc.CallOption) (*ShutdownResponse, error)
+	// Hot-swap: the plugin is about to be replaced by a new build of itself.
+	// It stops taking work, passes on everything it has read (envd-proc: ends
+	// each output stream after the last byte it read, so envd-init attaches
+	// it again to the replacement), leaves user processes running and exits
+	// once its calls have finished.
+	Handover(ctx context.Context, in *HandoverRequest, opts ...grpc.CallOption) (*HandoverResponse, error)
 }
 
 type controlClient struct {
@@ -106,6 +113,16 @@ func (c *controlClient) Shutdown(ctx context.Context, in *ShutdownRequest, opts 
 	return out, nil
 }
 
+func (c *controlClient) Handover(ctx context.Context, in *HandoverRequest, opts ...grpc.CallOption) (*HandoverResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(HandoverResponse)
+	err := c.cc.Invoke(ctx, Control_Handover_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlServer is the server API for Control service.
 // All implementations must embed UnimplementedControlServer
 // for forward compatibility.
@@ -121,6 +138,12 @@ type ControlServer interface {
 	// Graceful stop: the plugin ends its user-visible work (kills user
 	// processes, closes watchers) before envd-init stops it.
 	Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error)
+	// Hot-swap: the plugin is about to be replaced by a new build of itself.
+	// It stops taking work, passes on everything it has read (envd-proc: ends
+	// each output stream after the last byte it read, so envd-init attaches
+	// it again to the replacement), leaves user processes running and exits
+	// once its calls have finished.
+	Handover(context.Context, *HandoverRequest) (*HandoverResponse, error)
 	mustEmbedUnimplementedControlServer()
 }
 
@@ -145,6 +168,9 @@ func (UnimplementedControlServer) SnapshotRestored(context.Context, *SnapshotRes
 }
 func (UnimplementedControlServer) Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Shutdown not implemented")
+}
+func (UnimplementedControlServer) Handover(context.Context, *HandoverRequest) (*HandoverResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Handover not implemented")
 }
 func (UnimplementedControlServer) mustEmbedUnimplementedControlServer() {}
 func (UnimplementedControlServer) testEmbeddedByValue()                 {}
@@ -257,6 +283,24 @@ func _Control_Shutdown_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_Handover_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(HandoverRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).Handover(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_Handover_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).Handover(ctx, req.(*HandoverRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Control_ServiceDesc is the grpc.ServiceDesc for Control service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -283,6 +327,10 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Shutdown",
 			Handler:    _Control_Shutdown_Handler,
+		},
+		{
+			MethodName: "Handover",
+			Handler:    _Control_Handover_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	procpb "github.com/envd-project/envd/gen/process"
+	"github.com/envd-project/envd/plugins/pluginkit/fdvault"
 	"github.com/envd-project/envd/plugins/process/fanout"
 )
 
@@ -49,8 +50,9 @@ type child interface {
 	// caller guarantees the process is not yet reaped, so the group id
 	// still names this process's group.
 	signalGroup(sig syscall.Signal) error
-	// awaitExit blocks until the process has exited, without reaping it.
-	awaitExit() error
+	// awaitExit blocks until the process has exited, without reaping it,
+	// and returns its wait status.
+	awaitExit() (unix.WaitStatus, error)
 	// reap collects the exit status.
 	reap() (exitStatus, error)
 }
@@ -65,12 +67,12 @@ func (c forkedChild) signalGroup(sig syscall.Signal) error {
 	return unix.Kill(-c.cmd.Process.Pid, sig)
 }
 
-func (c forkedChild) awaitExit() error {
+func (c forkedChild) awaitExit() (unix.WaitStatus, error) {
 	var info unix.Siginfo
 	for {
 		err := unix.Waitid(unix.P_PID, c.cmd.Process.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
 		if err != unix.EINTR {
-			return err
+			return statusFromSiginfo(&info), err
 		}
 	}
 }
@@ -90,19 +92,18 @@ func (c forkedChild) reap() (exitStatus, error) {
 // deadline, and the fan-out hub. The lifecycle goroutine is owned by the
 // Service.
 //
-// Adoption across a plugin restart (ARCHITECTURE principle 4, not built
-// yet) plugs in here. After register, envd-proc would send duplicates of
-// the fds it holds (master, or stdin/stdout/stderr) to envd-init over
-// SCM_RIGHTS with a record of (pid, seq, tag, config, mode, deadline).
-// When envd-proc dies, the child re-parents to envd-init, which reaps it
-// and keeps the status. A new envd-proc fetches records and fds back and
-// rebuilds each proc with the same fields, an adopted implementation of
-// child (pidfd_open for signals, envd-init's published status for
-// awaitExit/reap, formatted like os.ProcessState) and the same pumps and
-// lifecycle; nothing else in this package depends on having forked the
-// process itself.
+// Adoption across a plugin restart (ARCHITECTURE principle 4): after
+// register, envd-proc deposits a pidfd and duplicates of the fds it holds
+// (master, or stdout/stderr/stdin) with envd-init's fd vault, with a record
+// of (pid, seq, tag, config, mode, deadline) (deposit). When envd-proc
+// dies, the child re-parents to envd-init, which reaps it and keeps the
+// status. The next envd-proc fetches records and fds back and rebuilds
+// each proc with the same fields, an adoptedChild and the same pumps and
+// lifecycle (Adopt); nothing else in this package depends on having forked
+// the process itself.
 type proc struct {
 	log    *zap.Logger
+	vault  *fdvault.Client // nil without one
 	pid    uint32
 	seq    uint64 // start order; guarded by Service.mu after register
 	tag    *string
@@ -132,6 +133,27 @@ type proc struct {
 
 	end    *procpb.ProcessEvent // written before hub.Close, read after the subscriber's channel closes
 	expiry *time.Timer          // retention; guarded by Service.mu
+
+	// hold, when not nil, keeps the pumps from reading until it closes:
+	// an adopted process waits for its re-attached streams (holdFor).
+	hold      chan struct{}
+	holdWant  int // re-attachments still expected; guarded by mu
+	holdTimer *time.Timer
+	holdOnce  sync.Once
+
+	// handedOver is closed when a hot-swap hands the process to the next
+	// envd-proc: the pumps stop, the streams end after what was read, and
+	// this envd-proc never reaps it (Service.Handover).
+	handedOver chan struct{}
+}
+
+func (p *proc) isHandedOver() bool {
+	select {
+	case <-p.handedOver:
+		return true
+	default:
+		return false
+	}
 }
 
 func (p *proc) isPTY() bool { return p.master != nil }
@@ -176,6 +198,13 @@ func (p *proc) pump(wg *sync.WaitGroup, f *os.File, size int, wrap func([]byte) 
 	// blocks on a full pipe instead of losing output, as the reference
 	// does; a terminal drops output for a lagging subscriber instead.
 	pause := !p.isPTY()
+	if p.hold != nil {
+		select {
+		case <-p.hold:
+		case <-p.cutOut:
+			return
+		}
+	}
 	for {
 		if pause {
 			// Still paused after a KILL or TERM: the process may live on
@@ -293,9 +322,25 @@ func (s *Service) lifecycle(p *proc) {
 	select {
 	case <-p.outDone:
 	case <-p.stopOut:
+	case <-p.handedOver:
 	}
-	if err := p.child.awaitExit(); err != nil {
+	if p.isHandedOver() {
+		return
+	}
+	ws, err := p.child.awaitExit()
+	if p.isHandedOver() {
+		// Exited during the swap: left unreaped, the next envd-proc gets
+		// its status from envd-init, which reaps it once we are gone.
+		return
+	}
+	if err != nil {
 		p.log.Warn("waiting for process exit failed", zap.Error(err))
+	} else if s.vault != nil {
+		// Queued before the reap: once reaped, the pid may name another
+		// process, and a record still live in the vault would be matched to it.
+		if err := s.vault.Exiting(p.pid, int32(ws)); err != nil {
+			p.log.Warn("fd vault did not take the exit", zap.Error(err))
+		}
 	}
 	p.mu.Lock()
 	p.reaped = true
@@ -485,6 +530,12 @@ func (p *proc) closeStdin() error {
 	}
 	if err := f.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
 		return err
+	}
+	// The vault's copy too, or the process never sees EOF.
+	if p.vault != nil {
+		if err := p.vault.CloseStdin(p.pid); err != nil {
+			return err
+		}
 	}
 	return nil
 }

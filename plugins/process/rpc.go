@@ -39,7 +39,13 @@ func (s *Service) Connect(ctx context.Context, req *procpb.ConnectRequest, send 
 	if err != nil {
 		return err
 	}
-	return s.stream(ctx, p, p.hub.Subscribe(), func(ev *procpb.ProcessEvent) error {
+	sub := p.hub.Subscribe()
+	if callinfo.From(ctx).Reattach {
+		// Subscribed: the output held for the re-attaching streams may flow
+		// once they all are.
+		p.reattached()
+	}
+	return s.stream(ctx, p, sub, func(ev *procpb.ProcessEvent) error {
 		return send(&procpb.ConnectResponse{Event: ev})
 	})
 }
@@ -68,6 +74,11 @@ func (s *Service) stream(ctx context.Context, p *proc, sub *fanout.Sub[*procpb.P
 			if sub.Lagged() {
 				return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf(
 					"output of process %d dropped: this stream fell more than %d bytes behind; reconnect to follow live output", p.pid, s.limits.Bytes))
+			}
+			if p.isHandedOver() {
+				// Everything this envd-proc read has been sent: envd-init
+				// attaches the stream to the next one.
+				return connect.NewError(connect.CodeUnavailable, fmt.Errorf("envd-proc handed process %d over to its replacement", p.pid))
 			}
 			// Closed by the hub: p.end was set before.
 			if err := send(p.end); err != nil {
@@ -151,9 +162,35 @@ func (s *Service) SendInput(ctx context.Context, req *procpb.SendInputRequest) (
 // StreamInput implements service.Process (WIRE §5.4): start selects the
 // process, then data and keepalives until the client half-closes.
 func (s *Service) StreamInput(ctx context.Context, recv service.Recv[procpb.StreamInputRequest]) (*procpb.StreamInputResponse, error) {
+	// Received on their own goroutine so that a hot-swap can end the call
+	// (the goroutine ends with the call).
+	type received struct {
+		msg *procpb.StreamInputRequest
+		err error
+	}
+	msgs := make(chan received)
+	go func() {
+		for {
+			msg, err := recv()
+			select {
+			case msgs <- received{msg, err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
 	var p *proc
 	for {
-		msg, err := recv()
+		var r received
+		select {
+		case r = <-msgs:
+		case <-s.handover:
+			return nil, connect.NewError(connect.CodeUnavailable, errors.New("envd-proc handed its processes over to its replacement"))
+		}
+		msg, err := r.msg, r.err
 		if errors.Is(err, io.EOF) {
 			return &procpb.StreamInputResponse{}, nil
 		}

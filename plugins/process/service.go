@@ -12,7 +12,9 @@ package process
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"slices"
 	"sync"
@@ -20,11 +22,13 @@ import (
 
 	"connectrpc.com/connect"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	procpb "github.com/envd-project/envd/gen/process"
 	"github.com/envd-project/envd/internal/cgroups"
 	"github.com/envd-project/envd/internal/users"
 	"github.com/envd-project/envd/plugins/pluginkit/defaults"
+	"github.com/envd-project/envd/plugins/pluginkit/fdvault"
 	"github.com/envd-project/envd/plugins/pluginkit/service"
 	"github.com/envd-project/envd/plugins/process/fanout"
 )
@@ -57,12 +61,20 @@ type Service struct {
 	limits fanout.Limits
 	retain time.Duration
 
+	// vault keeps each process's fds and record in envd-init so that it
+	// outlives this envd-proc (nil: standalone, nothing survives us).
+	vault *fdvault.Client
+
 	mu       sync.Mutex
 	seq      uint64
 	live     map[uint32]*proc // started and not yet reaped
 	retained map[uint32]*proc // exited within the last 30 s
 	closing  bool
-	running  sync.WaitGroup // one per lifecycle goroutine
+	handover chan struct{} // closed by Handover
+	// earlyExits holds exits of adopted processes pushed before they were
+	// registered (only while Adopt runs).
+	earlyExits map[uint32]unix.WaitStatus
+	running    sync.WaitGroup // one per lifecycle goroutine
 }
 
 var _ service.Process = (*Service)(nil)
@@ -92,6 +104,7 @@ func New(log *zap.Logger, defs *defaults.Store, db *users.DB, cg cgroups.Manager
 		retain:   retention,
 		live:     map[uint32]*proc{},
 		retained: map[uint32]*proc{},
+		handover: make(chan struct{}),
 	}
 }
 
@@ -285,4 +298,49 @@ func (s *Service) SnapshotRestored(ctx context.Context) error {
 		p.rearmDeadline()
 	}
 	return nil
+}
+
+// Handover prepares a hot-swap: this envd-proc stops taking Starts, stops
+// reading every process's output, and ends each output stream after the
+// last byte it read, so that envd-init attaches the stream to the next
+// envd-proc, which reads on from the next byte: every byte reaches every
+// stream exactly once, in order. Open StreamInput calls end the same way.
+// The processes themselves, their records and fds in the vault are left
+// as they are, and never reaped here.
+func (s *Service) Handover(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closing = true
+	close(s.handover)
+	procs := make([]*proc, 0, len(s.live))
+	for pid, p := range s.live {
+		procs = append(procs, p)
+		delete(s.live, pid)
+	}
+	s.mu.Unlock()
+	past := time.Unix(1, 0)
+	for _, p := range procs {
+		close(p.handedOver)
+		p.cutOutput() // pumps paused for room give up without reading
+		for _, f := range []*os.File{p.master, p.stdout, p.stderr} {
+			if f != nil {
+				_ = f.SetReadDeadline(past)
+			}
+		}
+	}
+	var errs []error
+	for _, p := range procs {
+		select {
+		case <-p.outDone:
+		case <-ctx.Done():
+			errs = append(errs, fmt.Errorf("output reader of process %d did not stop: %w", p.pid, ctx.Err()))
+		}
+		// Every byte read is queued for the streams; they end after it.
+		p.hub.Close()
+	}
+	s.log.Info("processes handed over", zap.Int("count", len(procs)))
+	return errors.Join(errs...)
 }

@@ -302,6 +302,7 @@ func (s *Service) spawn(ctx context.Context, req *procpb.StartRequest) (*proc, *
 
 	p := &proc{
 		log:     s.log,
+		vault:   s.vault,
 		config:  proto.CloneOf(cfg),
 		hub:     newHub(outputPolicy(chio.master != nil), s.limits),
 		master:  chio.master,
@@ -311,6 +312,8 @@ func (s *Service) spawn(ctx context.Context, req *procpb.StartRequest) (*proc, *
 		stopOut: make(chan struct{}),
 		cutOut:  make(chan struct{}),
 		outDone: make(chan struct{}),
+
+		handedOver: make(chan struct{}),
 	}
 	if p.config == nil {
 		p.config = &procpb.ProcessConfig{}
@@ -324,7 +327,7 @@ func (s *Service) spawn(ctx context.Context, req *procpb.StartRequest) (*proc, *
 	if !s.beginLifecycle() {
 		chio.closeTheirs()
 		chio.closeOurs()
-		return nil, nil, errShuttingDown()
+		return nil, nil, s.errShuttingDown()
 	}
 	cmd := newCmd(attr)
 	err = cmd.Start()
@@ -351,6 +354,10 @@ func (s *Service) spawn(ctx context.Context, req *procpb.StartRequest) (*proc, *
 		p.armDeadline(deadline)
 	}
 	registered := s.register(p)
+	if registered {
+		// Before anything can close the fds being deposited.
+		s.deposit(p, cmd.Process.Pid)
+	}
 	p.startPumps()
 	go s.lifecycle(p)
 	if !registered {
@@ -373,6 +380,20 @@ func outputPolicy(pty bool) fanout.Policy {
 		return fanout.DropData
 	}
 	return fanout.DropSubscriber
+}
+
+// ErrReplaced is the message of a Start refused by an envd-proc that hands
+// over to its replacement (hot-swap): nothing was started, and envd-init
+// sends the call to the replacement.
+const ErrReplaced = "envd-proc is being replaced"
+
+func (s *Service) errShuttingDown() error {
+	select {
+	case <-s.handover:
+		return connect.NewError(connect.CodeUnavailable, errors.New(ErrReplaced))
+	default:
+	}
+	return errShuttingDown()
 }
 
 func errShuttingDown() error {

@@ -91,6 +91,7 @@ func main() {
 		{"files", benchFiles},
 		{"big upload", benchBigUpload},
 		{"host", benchHost},
+		{"survive", benchSurvive},
 	}
 	only := os.Getenv("BENCH_ONLY")
 	failed := false

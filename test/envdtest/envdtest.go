@@ -166,6 +166,32 @@ func startE(files []*os.File, flags []string) (*Envd, error) {
 	if err != nil {
 		return nil, err
 	}
+	return startFrom(dir, files, flags)
+}
+
+// StartFrom is Start with the bundle in dir (a test that replaces a
+// plugin's file must not touch the shared bundle).
+func StartFrom(tb testing.TB, dir string, flags ...string) *Envd {
+	tb.Helper()
+	e, err := StartFromE(dir, flags...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := e.Stop(); err != nil {
+			tb.Errorf("stopping envd: %v\n%s", err, e.Log())
+		}
+		if tb.Failed() {
+			tb.Logf("envd log:\n%s", e.Log())
+		}
+	})
+	return e
+}
+
+// StartFromE is StartFrom without a testing.TB.
+func StartFromE(dir string, flags ...string) (*Envd, error) { return startFrom(dir, nil, flags) }
+
+func startFrom(dir string, files []*os.File, flags []string) (*Envd, error) {
 	port, err := FreePort()
 	if err != nil {
 		return nil, err

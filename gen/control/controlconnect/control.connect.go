@@ -49,6 +49,8 @@ const (
 	ControlSnapshotRestoredProcedure = "/control.Control/SnapshotRestored"
 	// ControlShutdownProcedure is the fully-qualified name of the Control's Shutdown RPC.
 	ControlShutdownProcedure = "/control.Control/Shutdown"
+	// ControlHandoverProcedure is the fully-qualified name of the Control's Handover RPC.
+	ControlHandoverProcedure = "/control.Control/Handover"
 )
 
 // ControlClient is a client for the control.Control service.
@@ -64,6 +66,12 @@ type ControlClient interface {
 	// Graceful stop: the plugin ends its user-visible work (kills user
 	// processes, closes watchers) before envd-init stops it.
 	Shutdown(context.Context, *connect.Request[control.ShutdownRequest]) (*connect.Response[control.ShutdownResponse], error)
+	// Hot-swap: the plugin is about to be replaced by a new build of itself.
+	// It stops taking work, passes on everything it has read (envd-proc: ends
+	// each output stream after the last byte it read, so envd-init attaches
+	// it again to the replacement), leaves user processes running and exits
+	// once its calls have finished.
+	Handover(context.Context, *connect.Request[control.HandoverRequest]) (*connect.Response[control.HandoverResponse], error)
 }
 
 // NewControlClient constructs a client for the control.Control service. By default, it uses the
@@ -107,6 +115,12 @@ func NewControlClient(httpClient connect.HTTPClient, baseURL string, opts ...con
 			connect.WithSchema(controlMethods.ByName("Shutdown")),
 			connect.WithClientOptions(opts...),
 		),
+		handover: connect.NewClient[control.HandoverRequest, control.HandoverResponse](
+			httpClient,
+			baseURL+ControlHandoverProcedure,
+			connect.WithSchema(controlMethods.ByName("Handover")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -117,6 +131,7 @@ type controlClient struct {
 	snapshotPrepare  *connect.Client[control.SnapshotPrepareRequest, control.SnapshotPrepareResponse]
 	snapshotRestored *connect.Client[control.SnapshotRestoredRequest, control.SnapshotRestoredResponse]
 	shutdown         *connect.Client[control.ShutdownRequest, control.ShutdownResponse]
+	handover         *connect.Client[control.HandoverRequest, control.HandoverResponse]
 }
 
 // Configure calls control.Control.Configure.
@@ -144,6 +159,11 @@ func (c *controlClient) Shutdown(ctx context.Context, req *connect.Request[contr
 	return c.shutdown.CallUnary(ctx, req)
 }
 
+// Handover calls control.Control.Handover.
+func (c *controlClient) Handover(ctx context.Context, req *connect.Request[control.HandoverRequest]) (*connect.Response[control.HandoverResponse], error) {
+	return c.handover.CallUnary(ctx, req)
+}
+
 // ControlHandler is an implementation of the control.Control service.
 type ControlHandler interface {
 	// Replaces the plugin's view of the sandbox defaults. Idempotent; a plugin
@@ -157,6 +177,12 @@ type ControlHandler interface {
 	// Graceful stop: the plugin ends its user-visible work (kills user
 	// processes, closes watchers) before envd-init stops it.
 	Shutdown(context.Context, *connect.Request[control.ShutdownRequest]) (*connect.Response[control.ShutdownResponse], error)
+	// Hot-swap: the plugin is about to be replaced by a new build of itself.
+	// It stops taking work, passes on everything it has read (envd-proc: ends
+	// each output stream after the last byte it read, so envd-init attaches
+	// it again to the replacement), leaves user processes running and exits
+	// once its calls have finished.
+	Handover(context.Context, *connect.Request[control.HandoverRequest]) (*connect.Response[control.HandoverResponse], error)
 }
 
 // NewControlHandler builds an HTTP handler from the service implementation. It returns the path on
@@ -196,6 +222,12 @@ func NewControlHandler(svc ControlHandler, opts ...connect.HandlerOption) (strin
 		connect.WithSchema(controlMethods.ByName("Shutdown")),
 		connect.WithHandlerOptions(opts...),
 	)
+	controlHandoverHandler := connect.NewUnaryHandler(
+		ControlHandoverProcedure,
+		svc.Handover,
+		connect.WithSchema(controlMethods.ByName("Handover")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/control.Control/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ControlConfigureProcedure:
@@ -208,6 +240,8 @@ func NewControlHandler(svc ControlHandler, opts ...connect.HandlerOption) (strin
 			controlSnapshotRestoredHandler.ServeHTTP(w, r)
 		case ControlShutdownProcedure:
 			controlShutdownHandler.ServeHTTP(w, r)
+		case ControlHandoverProcedure:
+			controlHandoverHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -235,4 +269,8 @@ func (UnimplementedControlHandler) SnapshotRestored(context.Context, *connect.Re
 
 func (UnimplementedControlHandler) Shutdown(context.Context, *connect.Request[control.ShutdownRequest]) (*connect.Response[control.ShutdownResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("control.Control.Shutdown is not implemented"))
+}
+
+func (UnimplementedControlHandler) Handover(context.Context, *connect.Request[control.HandoverRequest]) (*connect.Response[control.HandoverResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("control.Control.Handover is not implemented"))
 }

@@ -25,6 +25,7 @@ const (
 	// (UTF-8 included) crosses; an ASCII-only key would fail the call.
 	mdUser      = "envd-user-bin"
 	mdKeepalive = "envd-keepalive-ms"
+	mdReattach  = "envd-reattach"
 )
 
 // Info is what a service implementation learns about its caller.
@@ -34,6 +35,9 @@ type Info struct {
 	User string
 	// Keepalive is the idle time after which a stream sends a keepalive event.
 	Keepalive time.Duration
+	// Reattach marks a Connect that envd-init makes to carry on a client
+	// stream the previous envd-proc was serving (never set by a client).
+	Reattach bool
 }
 
 type ctxKey struct{}
@@ -81,10 +85,11 @@ func WithHeaderKeepalive(ctx context.Context, h http.Header) context.Context {
 // ToOutgoing copies the call's info into outgoing gRPC metadata.
 func ToOutgoing(ctx context.Context) context.Context {
 	info := From(ctx)
-	return metadata.AppendToOutgoingContext(ctx,
-		mdUser, info.User,
-		mdKeepalive, strconv.FormatInt(info.Keepalive.Milliseconds(), 10),
-	)
+	kv := []string{mdUser, info.User, mdKeepalive, strconv.FormatInt(info.Keepalive.Milliseconds(), 10)}
+	if info.Reattach {
+		kv = append(kv, mdReattach, "1")
+	}
+	return metadata.AppendToOutgoingContext(ctx, kv...)
 }
 
 // FromIncoming restores the call's info from incoming gRPC metadata.
@@ -99,5 +104,6 @@ func FromIncoming(ctx context.Context) context.Context {
 			info.Keepalive = time.Duration(ms) * time.Millisecond
 		}
 	}
+	info.Reattach = len(md.Get(mdReattach)) > 0
 	return With(ctx, info)
 }

@@ -85,6 +85,9 @@ type Controllable interface {
 	SnapshotRestored(ctx context.Context) error
 	// Shutdown ends the plugin's user-visible work before it is stopped.
 	Shutdown(ctx context.Context) error
+	// Handover prepares a hot-swap (see the control API's Handover): the
+	// plugin passes its work on and exits once its calls have finished.
+	Handover(ctx context.Context) error
 	// HTTPSocket is the Unix socket of the plugin's plain HTTP server, or "".
 	HTTPSocket() string
 	// HandoffSocket takes whole client connections for that server, or "".
@@ -168,4 +171,11 @@ func (s *ControlServer) Shutdown(ctx context.Context, _ *controlpb.ShutdownReque
 		return nil, fmt.Errorf("%s: shutdown: %w", s.Name, err)
 	}
 	return &controlpb.ShutdownResponse{}, nil
+}
+
+func (s *ControlServer) Handover(ctx context.Context, _ *controlpb.HandoverRequest) (*controlpb.HandoverResponse, error) {
+	if err := s.Target.Handover(ctx); err != nil {
+		return nil, fmt.Errorf("%s: handover: %w", s.Name, err)
+	}
+	return &controlpb.HandoverResponse{}, nil
 }

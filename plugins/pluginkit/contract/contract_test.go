@@ -28,6 +28,7 @@ func (r *recorder) Configure(_ context.Context, cfg *controlpb.Config) error {
 }
 func (r *recorder) SnapshotPrepare(context.Context) error  { return nil }
 func (r *recorder) SnapshotRestored(context.Context) error { return nil }
+func (r *recorder) Handover(context.Context) error         { return nil }
 func (r *recorder) Shutdown(context.Context) error         { return nil }
 func (r *recorder) HTTPSocket() string                     { return "" }
 func (r *recorder) HandoffSocket() string                  { return "" }

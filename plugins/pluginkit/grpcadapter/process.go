@@ -2,8 +2,6 @@ package grpcadapter
 
 import (
 	"context"
-	"errors"
-	"io"
 
 	procpb "github.com/envd-project/envd/gen/process"
 	"github.com/envd-project/envd/plugins/pluginkit/callinfo"
@@ -71,6 +69,9 @@ type ConnFunc func(ctx context.Context, stale grpc.ClientConnInterface) (grpc.Cl
 type ProcessClient struct {
 	Plugin string
 	Conn   ConnFunc
+	// Streams, when set, counts the Start and Connect streams held open
+	// per process, for their re-attachment after a plugin restart.
+	Streams StreamRegistry
 }
 
 var _ service.Process = (*ProcessClient)(nil)
@@ -84,11 +85,11 @@ func (c *ProcessClient) client(ctx context.Context, stale grpc.ClientConnInterfa
 }
 
 func (c *ProcessClient) List(ctx context.Context, req *procpb.ListRequest) (*procpb.ListResponse, error) {
-	return unary(ctx, c.Plugin, c.client, req, procpb.ProcessClient.List)
+	return idempotent(ctx, c, req, procpb.ProcessClient.List)
 }
 
 func (c *ProcessClient) Update(ctx context.Context, req *procpb.UpdateRequest) (*procpb.UpdateResponse, error) {
-	return unary(ctx, c.Plugin, c.client, req, procpb.ProcessClient.Update)
+	return idempotent(ctx, c, req, procpb.ProcessClient.Update)
 }
 
 func (c *ProcessClient) SendInput(ctx context.Context, req *procpb.SendInputRequest) (*procpb.SendInputResponse, error) {
@@ -100,44 +101,17 @@ func (c *ProcessClient) SendSignal(ctx context.Context, req *procpb.SendSignalRe
 }
 
 func (c *ProcessClient) CloseStdin(ctx context.Context, req *procpb.CloseStdinRequest) (*procpb.CloseStdinResponse, error) {
-	return unary(ctx, c.Plugin, c.client, req, procpb.ProcessClient.CloseStdin)
+	return idempotent(ctx, c, req, procpb.ProcessClient.CloseStdin)
 }
 
 func (c *ProcessClient) Start(ctx context.Context, req *procpb.StartRequest, send service.Send[procpb.StartResponse]) error {
-	return serverStream(ctx, c.Plugin, c.client, req, procpb.ProcessClient.Start, send)
+	return c.startStream(ctx, req, send)
 }
 
 func (c *ProcessClient) Connect(ctx context.Context, req *procpb.ConnectRequest, send service.Send[procpb.ConnectResponse]) error {
-	return serverStream(ctx, c.Plugin, c.client, req, procpb.ProcessClient.Connect, send)
+	return c.connectStream(ctx, req, send)
 }
 
 func (c *ProcessClient) StreamInput(ctx context.Context, recv service.Recv[procpb.StreamInputRequest]) (*procpb.StreamInputResponse, error) {
-	octx, cancel := context.WithCancel(callinfo.ToOutgoing(ctx))
-	defer cancel()
-	// Nothing is read from the caller before the stream exists, so a
-	// stream the plugin never saw may be opened once more.
-	stream, err := once(ctx, c.Plugin, c.client, func(cl procpb.ProcessClient) (grpc.ClientStreamingClient[procpb.StreamInputRequest, procpb.StreamInputResponse], error) {
-		return cl.StreamInput(octx)
-	})
-	if err != nil {
-		return nil, err
-	}
-	for {
-		msg, err := recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return nil, err
-		}
-		if err := stream.Send(msg); err != nil {
-			// The plugin ended the call; its status comes with CloseAndRecv.
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			return nil, fromStatus(c.Plugin, err)
-		}
-	}
-	res, err := stream.CloseAndRecv()
-	return res, fromStatus(c.Plugin, err)
+	return c.streamInput(ctx, recv)
 }

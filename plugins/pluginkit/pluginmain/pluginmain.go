@@ -19,6 +19,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -180,10 +181,40 @@ func serveStandalone(log *zap.Logger, sub Subsystem, addr string, port int) int 
 	return 0
 }
 
-// controllable adds the Unix sockets of the plugin's HTTP server.
+// Handoverer is a Subsystem that passes its work on before a hot-swap
+// (envd-proc); the others simply finish their calls.
+type Handoverer interface {
+	Handover(ctx context.Context) error
+}
+
+// controllable adds the Unix sockets of the plugin's HTTP server and the
+// hot-swap handover.
 type controllable struct {
 	Subsystem
 	socket, handoff string
+	// drain finishes every call and HTTP request, then lets the plugin exit.
+	drain func()
+}
+
+// handoverDrain bounds how long a plugin being replaced waits for its
+// HTTP transfers to finish; handoverCalls how long it then lets its gRPC
+// calls finish and flush before it exits anyway. go-plugin's own stdio
+// stream never ends, so a graceful stop always runs into that bound: it
+// must be short, and long enough for streams ended by the handover to be
+// written out (they are queued already; writing them takes microseconds).
+const (
+	handoverDrain = 30 * time.Second
+	handoverCalls = 2 * time.Second
+)
+
+func (c controllable) Handover(ctx context.Context) error {
+	var err error
+	if h, ok := c.Subsystem.(Handoverer); ok {
+		err = h.Handover(ctx)
+	}
+	// After this call has been answered: the drain waits for it too.
+	go c.drain()
+	return err
 }
 
 func (c controllable) HTTPSocket() string    { return c.socket }
@@ -235,7 +266,31 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem, dbg *debugServer) 
 	if dbg != nil {
 		debugSocketDir(log)
 	}
+	var (
+		grpcSrv  *grpc.Server
+		httpSrvs []*http.Server
+	)
 	ctl := controllable{Subsystem: sub}
+	var drainOnce sync.Once
+	ctl.drain = func() {
+		drainOnce.Do(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), handoverDrain)
+			defer cancel()
+			// Transfers in flight finish on this process (their clients'
+			// connections are ours); then the gRPC calls, whose streams
+			// were ended by the handover, are flushed to envd-init.
+			for _, srv := range httpSrvs {
+				_ = srv.Shutdown(ctx)
+			}
+			done := make(chan struct{})
+			go func() { grpcSrv.GracefulStop(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(handoverCalls):
+				grpcSrv.Stop()
+			}
+		})
+	}
 	trim := memtrim.New(trimIdle)
 	go trim.Run(context.Background())
 	if h := sub.HTTPHandler(); h != nil {
@@ -254,6 +309,7 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem, dbg *debugServer) 
 			return 1
 		}
 		srv := &http.Server{Handler: trim.Middleware(handoff.Offer(h)), ReadHeaderTimeout: 30 * time.Second, ErrorLog: zap.NewStdLog(log)}
+		httpSrvs = append(httpSrvs, srv)
 		go func() { _ = srv.Serve(ln) }()
 		defer srv.Close()
 		// Client connections handed over by envd-init, one request at a
@@ -271,6 +327,7 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem, dbg *debugServer) 
 			Handler: handoff.Serve(trim.Middleware(publicMux(sub))), ConnContext: handoff.ConnContext, ConnState: handoff.ConnState,
 			ReadHeaderTimeout: 30 * time.Second, ErrorLog: zap.NewStdLog(log),
 		}
+		httpSrvs = append(httpSrvs, hsrv)
 		go func() { _ = hsrv.Serve(hln) }()
 		defer hsrv.Close()
 	}
@@ -330,7 +387,8 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem, dbg *debugServer) 
 			// Outermost: bound whatever status a handler (or the trimmer) returns.
 			opts = append(opts, grpc.ChainUnaryInterceptor(grpcadapter.UnaryBoundErrors, trim.UnaryInterceptor),
 				grpc.ChainStreamInterceptor(grpcadapter.StreamBoundErrors, trim.StreamInterceptor))
-			return grpc.NewServer(opts...)
+			grpcSrv = grpc.NewServer(opts...)
+			return grpcSrv
 		},
 		Logger: hclog.New(&hclog.LoggerOptions{Output: io.Discard, Level: hclog.Off}),
 	})

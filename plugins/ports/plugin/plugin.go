@@ -57,6 +57,14 @@ func (s *subsystem) SnapshotPrepare(context.Context) error {
 	return nil
 }
 
+// Handover (hot-swap) gives the forwarded ports up at once, so that the
+// replacement binds them on its first scan instead of after this process
+// has drained and exited.
+func (s *subsystem) Handover(context.Context) error {
+	s.mgr.Pause()
+	return nil
+}
+
 func (s *subsystem) SnapshotRestored(context.Context) error {
 	s.mgr.Resume()
 	return nil

@@ -13,9 +13,11 @@ import (
 	"github.com/envd-project/envd/plugins/pluginkit/connectadapter"
 	"github.com/envd-project/envd/plugins/pluginkit/contract"
 	"github.com/envd-project/envd/plugins/pluginkit/defaults"
+	"github.com/envd-project/envd/plugins/pluginkit/fdvault"
 	"github.com/envd-project/envd/plugins/pluginkit/grpcadapter"
 	"github.com/envd-project/envd/plugins/pluginkit/pluginmain"
 	"github.com/envd-project/envd/plugins/process"
+	"go.uber.org/zap"
 	"google.golang.org/grpc"
 )
 
@@ -30,7 +32,19 @@ type subsystem struct {
 
 func build(env pluginmain.Env) (pluginmain.Subsystem, error) {
 	cg := cgroups.Setup(env.CgroupRoot, !env.NoCgroups, env.Log)
-	return &subsystem{svc: process.New(env.Log, env.Defaults, env.Users, cg), defs: env.Defaults, cg: cg}, nil
+	svc := process.New(env.Log, env.Defaults, env.Users, cg)
+	// Under envd-init: take over what a previous envd-proc left running,
+	// before serving, so the first List already shows it.
+	if !env.Standalone {
+		v, err := fdvault.Open(env.Log)
+		if err != nil {
+			env.Log.Warn("no fd vault: user processes will not outlive this envd-proc", zap.Error(err))
+		}
+		if err := svc.Adopt(v); err != nil {
+			env.Log.Error("adopting processes failed", zap.Error(err))
+		}
+	}
+	return &subsystem{svc: svc, defs: env.Defaults, cg: cg}, nil
 }
 
 func (s *subsystem) Configure(_ context.Context, cfg *controlpb.Config) error {
@@ -46,6 +60,9 @@ func (s *subsystem) Shutdown(ctx context.Context) error {
 	_ = s.cg.Close()
 	return err
 }
+
+// Handover passes every process on to the next envd-proc (hot-swap).
+func (s *subsystem) Handover(ctx context.Context) error { return s.svc.Handover(ctx) }
 
 func (s *subsystem) RegisterGRPC(srv *grpc.Server) {
 	procpb.RegisterProcessServer(srv, grpcadapter.NewProcessServer(s.svc))
