@@ -89,25 +89,27 @@ type Envd struct {
 	Cmd  *exec.Cmd
 	Port int
 	URL  string
-	log  *lockedBuffer
+	log  *LockedBuffer
 	done chan struct{}
 	err  error
 	// reattached plugins were started by hand (--reattach): not children.
 	reattached map[string]bool
 }
 
-type lockedBuffer struct {
+// LockedBuffer is a bytes.Buffer that a process's output and a test may
+// use at once.
+type LockedBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
+func (l *LockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
-func (l *lockedBuffer) String() string {
+func (l *LockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
@@ -200,7 +202,7 @@ func startFrom(dir string, files []*os.File, flags []string) (*Envd, error) {
 	if !hasFlag(flags, "--cgroup-root") {
 		args = append(args, "--no-cgroups")
 	}
-	e := &Envd{Port: port, URL: fmt.Sprintf("http://127.0.0.1:%d", port), log: &lockedBuffer{}, done: make(chan struct{}), reattached: reattachedPlugins(flags)}
+	e := &Envd{Port: port, URL: fmt.Sprintf("http://127.0.0.1:%d", port), log: &LockedBuffer{}, done: make(chan struct{}), reattached: reattachedPlugins(flags)}
 	e.Cmd = exec.Command(filepath.Join(dir, "envd-init"), args...)
 	e.Cmd.Stdout, e.Cmd.Stderr = e.log, e.log
 	e.Cmd.ExtraFiles = files

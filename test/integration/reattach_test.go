@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,25 +21,8 @@ import (
 // developer would under a debugger.
 type handStarted struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *envdtest.LockedBuffer
 	done chan struct{}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // startByHand runs the bundle's envd-fs with --debug-server and waits until
@@ -52,7 +34,7 @@ func startByHand(t *testing.T, file string) *handStarted {
 		t.Fatal(err)
 	}
 	_ = os.Remove(file)
-	h := &handStarted{out: &syncBuffer{}, done: make(chan struct{})}
+	h := &handStarted{out: &envdtest.LockedBuffer{}, done: make(chan struct{})}
 	h.cmd = exec.Command(filepath.Join(dir, "envd-fs"), "--debug-server", "--reattach-file", file, "--no-cgroups")
 	// Only stdout is read here: the log on stderr would race with it.
 	h.cmd.Stdout = h.out

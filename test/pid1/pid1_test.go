@@ -18,7 +18,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -36,27 +35,10 @@ import (
 type tree struct {
 	unshare *exec.Cmd
 	url     string
-	log     *syncBuffer
+	log     *envdtest.LockedBuffer
 	done    chan struct{}
 	err     error
 	proc    processconnect.ProcessClient
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // startPID1 runs the bundle's envd-init as PID 1 of a new PID namespace,
@@ -79,7 +61,7 @@ func startPID1(t *testing.T, env []string, flags ...string) *tree {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr := &tree{url: fmt.Sprintf("http://127.0.0.1:%d", port), log: &syncBuffer{}, done: make(chan struct{})}
+	tr := &tree{url: fmt.Sprintf("http://127.0.0.1:%d", port), log: &envdtest.LockedBuffer{}, done: make(chan struct{})}
 	// --kill-child: envd-init never outlives a killed unshare (a failed test).
 	args := append([]string{"--pid", "--fork", "--mount-proc", "--kill-child",
 		filepath.Join(dir, "envd-init"), "--isnotfc", "--no-cgroups", "--port", strconv.Itoa(port)}, flags...)
