@@ -180,7 +180,8 @@ func pluginSpecs(cfg Config, cg cgroups.Manager) ([]supervisor.Spec, error) {
 		if _, err := os.Stat(path); err != nil && reattach == "" {
 			return nil, fmt.Errorf("plugin %s: %w", name, err)
 		}
-		spec := supervisor.Spec{Name: name, Path: path, Args: common, CgroupFD: -1, Reattach: reattach}
+		// envd-fs carries its polling watchers (their inotify fds) over a hot-swap.
+		spec := supervisor.Spec{Name: name, Path: path, Args: common, CgroupFD: -1, Reattach: reattach, Carry: name == contract.FS}
 		if fd, ok := cg.FD(cgroups.Forwarder); ok && name == contract.Net {
 			spec.CgroupFD = fd
 		}
