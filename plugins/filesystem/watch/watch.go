@@ -116,7 +116,8 @@ type instance struct {
 	freezing bool // Freeze: the reader stops at its next read
 }
 
-func newInstance() (*instance, error) {
+// newInstance starts an instance, tracked by p when p is not nil.
+func newInstance(p *Pool) (*instance, error) {
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {
 		if errors.Is(err, unix.EMFILE) {
@@ -133,6 +134,9 @@ func newInstance() (*instance, error) {
 		exited:   make(chan struct{}),
 		subs:     map[int32][]*Watcher{},
 		watchers: map[*Watcher]struct{}{},
+	}
+	if p != nil {
+		p.track(in)
 	}
 	go in.run()
 	return in, nil
@@ -186,11 +190,10 @@ func (p *Pool) New(root string, recursive bool) (*Watcher, error) {
 			return in.watch(root, recursive)
 		}
 	}
-	in, err := newInstance()
+	in, err := newInstance(p)
 	if err != nil {
 		return nil, err
 	}
-	p.track(in)
 	p.cur = in
 	return in.watch(root, recursive)
 }
@@ -224,7 +227,7 @@ type Watcher struct {
 // are not followed), and directories that appear later are added as their
 // events arrive.
 func New(root string, recursive bool) (*Watcher, error) {
-	in, err := newInstance()
+	in, err := newInstance(nil)
 	if err != nil {
 		return nil, err
 	}
