@@ -416,12 +416,18 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 				cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", carry.EnvFD, 3+len(cmd.ExtraFiles)))
 				cmd.ExtraFiles = append(cmd.ExtraFiles, theirs)
 				if c := m.carried; c != nil && len(c.files) > 0 {
-					nums := make([]string, len(c.files))
-					for i := range c.files {
+					// Duplicates: the runner closes what it passed once the
+					// plugin started, and ours stay until it took them over.
+					dups, err := carry.Dup(c.files)
+					if err != nil {
+						return nil, fmt.Errorf("fds for %s's take-over: %w", m.spec.Name, err)
+					}
+					nums := make([]string, len(dups))
+					for i := range dups {
 						nums[i] = fmt.Sprint(3 + len(cmd.ExtraFiles) + i)
 					}
 					cmd.Env = append(cmd.Env, carry.EnvCarried+"="+strings.Join(nums, ","))
-					cmd.ExtraFiles = append(cmd.ExtraFiles, c.files...)
+					cmd.ExtraFiles = append(cmd.ExtraFiles, dups...)
 				}
 			}
 			r, err := newReapedRunner(s.reaper, cmd)

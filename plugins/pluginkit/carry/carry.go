@@ -73,6 +73,31 @@ func Inherited() []*os.File {
 	return files
 }
 
+// Dup duplicates files (close-on-exec), leaving their mode alone.
+func Dup(files []*os.File) ([]*os.File, error) {
+	out := make([]*os.File, 0, len(files))
+	for _, f := range files {
+		rc, err := f.SyscallConn()
+		if err == nil {
+			var fd int
+			var derr error
+			err = rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 3) })
+			if err == nil {
+				err = derr
+			}
+			if err == nil {
+				out = append(out, os.NewFile(uintptr(fd), f.Name()))
+				continue
+			}
+		}
+		for _, d := range out {
+			d.Close()
+		}
+		return nil, fmt.Errorf("carry: dup %s: %w", f.Name(), err)
+	}
+	return out, nil
+}
+
 // Send writes fds to the socket, in order, perMessage at a time. The
 // messages are queued by the kernel when it returns (the socket buffer
 // holds far more than a few messages of 4 bytes), so the sender may answer
