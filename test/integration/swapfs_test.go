@@ -21,8 +21,9 @@ import (
 // make swap-envd-fs does) hands the polling watchers to the new envd-fs:
 // the same id answers GetWatcherEvents on the new process with every event,
 // those buffered before the swap, those made while the plugins changed
-// places and those after, each exactly once. A WatchDir stream open across
-// the swap ends with aborted and a message that says to watch again.
+// places and those after, each exactly once; a second swap hands over the
+// inotify instance the first replacement adopted. A WatchDir stream open
+// across the swap ends with aborted and a message that says to watch again.
 func TestHotSwapEnvdFSWatchers(t *testing.T) {
 	dir := bundleCopy(t)
 	e := envdtest.StartFrom(t, dir)
@@ -137,51 +138,56 @@ func TestHotSwapEnvdFSWatchers(t *testing.T) {
 	}
 
 	// Every name reported exactly once, none missing.
-	want := map[string]bool{}
-	want2 := map[string]bool{}
-	for _, n := range made {
-		want[n] = true
-		if rest, ok := strings.CutPrefix(n, "sub/"); ok {
-			want2[rest] = true
+	check := func(what string) int {
+		t.Helper()
+		want := map[string]bool{}
+		want2 := map[string]bool{}
+		for _, n := range made {
+			want[n] = true
+			if rest, ok := strings.CutPrefix(n, "sub/"); ok {
+				want2[rest] = true
+			}
 		}
-	}
-	for {
+		for {
+			if err := poll(id, seen); err != nil {
+				t.Fatalf("GetWatcherEvents after %s: %v", what, err)
+			}
+			if err := poll(id2, seen2); err != nil {
+				t.Fatalf("GetWatcherEvents (second watcher) after %s: %v", what, err)
+			}
+			if complete(seen, want) && complete(seen2, want2) {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("events lost across %s: recursive watcher misses %d of %d, the other %d of %d",
+					what, missing(seen, want), len(want), missing(seen2, want2), len(want2))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		time.Sleep(100 * time.Millisecond)
 		if err := poll(id, seen); err != nil {
-			t.Fatalf("GetWatcherEvents after the swap: %v", err)
+			t.Fatal(err)
 		}
-		if err := poll(id2, seen2); err != nil {
-			t.Fatalf("GetWatcherEvents (second watcher) after the swap: %v", err)
+		dups := 0
+		for n, c := range seen {
+			if !want[n] && n != "sub" {
+				t.Errorf("CREATE of %q, which the test never made", n)
+			}
+			if c > 1 {
+				dups++
+			}
 		}
-		if complete(seen, want) && complete(seen2, want2) {
-			break
+		for _, c := range seen2 {
+			if c > 1 {
+				dups++
+			}
 		}
-		if ctx.Err() != nil {
-			t.Fatalf("events lost across the swap: recursive watcher misses %d of %d, the other %d of %d",
-				missing(seen, want), len(want), missing(seen2, want2), len(want2))
+		if dups > 0 {
+			t.Errorf("%d names reported more than once across %s", dups, what)
 		}
-		time.Sleep(20 * time.Millisecond)
+		return dups
 	}
-	time.Sleep(100 * time.Millisecond)
-	if err := poll(id, seen); err != nil {
-		t.Fatal(err)
-	}
-	dups := 0
-	for n, c := range seen {
-		if !want[n] && n != "sub" {
-			t.Errorf("CREATE of %q, which the test never made", n)
-		}
-		if c > 1 {
-			dups++
-		}
-	}
-	for _, c := range seen2 {
-		if c > 1 {
-			dups++
-		}
-	}
-	if dups > 0 {
-		t.Errorf("%d names reported more than once across the swap", dups)
-	}
+	dups := check("the swap")
 	t.Logf("swap: %d files made (%d while swapping), events lost 0, duplicated %d; first GetWatcherEvents on the new envd-fs %v after the file change",
 		len(made), countPrefix(made, "c"), dups, firstNew)
 	for _, what := range []string{"polling watchers handed over", "polling watchers taken over", "since_file_change"} {
@@ -201,6 +207,36 @@ func TestHotSwapEnvdFSWatchers(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("WatchDir stream still open after the swap")
 	}
+	// A second swap hands over the inotify instance the first one adopted.
+	first := 0
+	for _, pid := range envdtest.Children(e.Pid()) {
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if strings.TrimSpace(string(comm)) == "envd-fs" && pid != old {
+			first = pid
+		}
+	}
+	for i := range 10 {
+		create(fmt.Sprintf("sub/e%02d", i))
+	}
+	time.Sleep(100 * time.Millisecond)
+	replaceFile(t, dir, "envd-fs")
+	for strings.Count(e.Log(), "polling watchers taken over") < 2 {
+		if ctx.Err() != nil {
+			t.Fatalf("envd-fs was not swapped a second time\n%s", e.Log())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for i := range 10 {
+		create(fmt.Sprintf("sub/f%02d", i))
+	}
+	check("the second swap")
+	for syscall.Kill(first, 0) == nil {
+		if ctx.Err() != nil {
+			t.Fatal("the envd-fs replaced second did not exit")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
 	// The ids stay the new process's to remove.
 	for _, w := range []string{id, id2} {
 		if _, err := cl.RemoveWatcher(ctx, connect.NewRequest(&fspb.RemoveWatcherRequest{WatcherId: w})); err != nil {
