@@ -63,7 +63,7 @@ type Config struct {
 	// Reattach maps a plugin name to where it was started by hand
 	// (--reattach NAME=JSON|FILE, for debugging one plugin).
 	Reattach map[string]string
-	SysInit    sysinit.Mode
+	SysInit  sysinit.Mode
 }
 
 // Main runs envd-init and returns its exit code.
