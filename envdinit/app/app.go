@@ -63,7 +63,7 @@ type Config struct {
 	// Reattach maps a plugin name to where it was started by hand
 	// (--reattach NAME=JSON|FILE, for debugging one plugin).
 	Reattach map[string]string
-	SysInit    sysinit.Mode
+	SysInit  sysinit.Mode
 }
 
 // Main runs envd-init and returns its exit code.
@@ -180,7 +180,8 @@ func pluginSpecs(cfg Config, cg cgroups.Manager) ([]supervisor.Spec, error) {
 		if _, err := os.Stat(path); err != nil && reattach == "" {
 			return nil, fmt.Errorf("plugin %s: %w", name, err)
 		}
-		spec := supervisor.Spec{Name: name, Path: path, Args: common, CgroupFD: -1, Reattach: reattach}
+		// envd-fs carries its polling watchers (their inotify fds) over a hot-swap.
+		spec := supervisor.Spec{Name: name, Path: path, Args: common, CgroupFD: -1, Reattach: reattach, Carry: name == contract.FS}
 		if fd, ok := cg.FD(cgroups.Forwarder); ok && name == contract.Net {
 			spec.CgroupFD = fd
 		}

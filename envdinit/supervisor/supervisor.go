@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -23,6 +24,7 @@ import (
 	"github.com/envd-project/envd/envdinit/state"
 	"github.com/envd-project/envd/envdinit/vault"
 	controlpb "github.com/envd-project/envd/gen/control"
+	"github.com/envd-project/envd/plugins/pluginkit/carry"
 	"github.com/envd-project/envd/plugins/pluginkit/contract"
 	"github.com/envd-project/envd/plugins/pluginkit/fdvault"
 	"github.com/hashicorp/go-hclog"
@@ -48,6 +50,10 @@ type Spec struct {
 	// Vault, when set, gives each start of the plugin its own socket to
 	// envd-init's fd vault (envd-proc: user processes outlive it).
 	Vault *vault.Vault
+	// Carry gives each start a carry socket (package carry): in a hot-swap
+	// the plugin may hand state and fds to its replacement (envd-fs: its
+	// polling watchers).
+	Carry bool
 }
 
 // Options tune the supervisor.
@@ -107,6 +113,22 @@ type managed struct {
 
 	fileID  fileID         // of the executable the running instance came from; guarded by mu
 	swapReq chan time.Time // a hot-swap asked for at that time (watchFiles)
+
+	// carried is what a replaced instance handed over, held until its
+	// replacement took it (only keep's goroutine touches it).
+	carried *carried
+}
+
+// carried is a plugin's state and fds for its successor (package carry).
+type carried struct {
+	state []byte
+	files []*os.File
+}
+
+func (c *carried) close() {
+	for _, f := range c.files {
+		f.Close()
+	}
 }
 
 // want marks the plugin as needed now, which ends its wait to be started.
@@ -123,6 +145,8 @@ type instance struct {
 	exited <-chan struct{}
 	// unwatch ends the watch of a hand-started plugin's end, or is nil.
 	unwatch func()
+	// carrySock is envd-init's end of the plugin's carry socket, or nil.
+	carrySock *os.File
 }
 
 // status describes how the plugin ended.
@@ -136,6 +160,9 @@ func (i *instance) status() string {
 // close drops the connection to a plugin that ended or is being stopped.
 func (i *instance) close() {
 	i.client.Kill()
+	if i.carrySock != nil {
+		i.carrySock.Close()
+	}
 	if i.runner == nil {
 		// go-plugin leaves an attached plugin and its connection alone.
 		_ = i.conn.Close()
@@ -266,8 +293,28 @@ const handoverExit = 35 * time.Second
 func (s *Supervisor) handover(m *managed, inst *instance) {
 	m.setDown(inst)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	_, err := inst.control.Handover(ctx, &controlpb.HandoverRequest{})
+	res, err := inst.control.Handover(ctx, &controlpb.HandoverRequest{})
 	cancel()
+	if err == nil && (len(res.GetState()) > 0 || res.GetFds() > 0) {
+		c := &carried{state: res.GetState()}
+		if n := int(res.GetFds()); n > 0 {
+			if inst.carrySock == nil {
+				err = fmt.Errorf("%d fds announced without a carry socket", n)
+			} else {
+				// Sent before the answer: they wait in the socket already.
+				c.files, err = carry.Recv(inst.carrySock, n, 5*time.Second)
+			}
+		}
+		if err != nil {
+			m.log.Warn("plugin state lost in the handover", zap.Error(err))
+			err = nil // the old plugin has stopped its work all the same
+		} else {
+			if m.carried != nil {
+				m.carried.close()
+			}
+			m.carried = c
+		}
+	}
 	if err != nil {
 		// It may still be reading: the replacement must not start next to
 		// it. A SIGKILL costs what a crash costs (go-plugin's graceful Kill
@@ -305,6 +352,13 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 	default:
 	}
 	var run *reapedRunner
+	var carrySock *os.File
+	var theirFiles []*os.File // closed once the plugin has them
+	defer func() {
+		for _, f := range theirFiles {
+			f.Close()
+		}
+	}()
 	// started is run for the stop watch below, which runs beside go-plugin.
 	var started atomic.Pointer[reapedRunner]
 	var reattach *plugin.ReattachConfig
@@ -347,6 +401,34 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 				// ExtraFiles[0] is fd 3 in the plugin.
 				cmd.ExtraFiles = []*os.File{f}
 				cmd.Env = append(cmd.Env, fdvault.EnvFD+"=3")
+				theirFiles = append(theirFiles, f)
+			}
+			if m.spec.Carry {
+				ours, theirs, err := carry.Pair()
+				if err != nil {
+					return nil, fmt.Errorf("carry socket for %s: %w", m.spec.Name, err)
+				}
+				if carrySock != nil {
+					carrySock.Close() // a start retried by go-plugin
+				}
+				carrySock = ours
+				theirFiles = append(theirFiles, theirs)
+				cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", carry.EnvFD, 3+len(cmd.ExtraFiles)))
+				cmd.ExtraFiles = append(cmd.ExtraFiles, theirs)
+				if c := m.carried; c != nil && len(c.files) > 0 {
+					// Duplicates: the runner closes what it passed once the
+					// plugin started, and ours stay until it took them over.
+					dups, err := carry.Dup(c.files)
+					if err != nil {
+						return nil, fmt.Errorf("fds for %s's take-over: %w", m.spec.Name, err)
+					}
+					nums := make([]string, len(dups))
+					for i := range dups {
+						nums[i] = fmt.Sprint(3 + len(cmd.ExtraFiles) + i)
+					}
+					cmd.Env = append(cmd.Env, carry.EnvCarried+"="+strings.Join(nums, ","))
+					cmd.ExtraFiles = append(cmd.ExtraFiles, dups...)
+				}
 			}
 			r, err := newReapedRunner(s.reaper, cmd)
 			run = r
@@ -364,6 +446,9 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 	client := plugin.NewClient(cc)
 	fail := func(err error) (*instance, error) {
 		client.Kill()
+		if carrySock != nil {
+			carrySock.Close()
+		}
 		return nil, err
 	}
 	// A stop must not wait StartTimeout for a plugin stuck before its
@@ -392,7 +477,7 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 	if !ok {
 		return fail(fmt.Errorf("%s dispensed %T, want a gRPC connection", m.spec.Name, raw))
 	}
-	inst := &instance{client: client, conn: conn, control: controlpb.NewControlClient(conn), runner: run}
+	inst := &instance{client: client, conn: conn, control: controlpb.NewControlClient(conn), runner: run, carrySock: carrySock}
 	if reattach != nil {
 		gone, unwatch, err := processGone(reattach.Pid)
 		if err != nil {
@@ -424,6 +509,21 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 	}
 	if herr != nil {
 		return fail(fmt.Errorf("health of %s: %w", m.spec.Name, herr))
+	}
+	if c := m.carried; c != nil && reattach == nil {
+		// Before it serves: the first call finds the predecessor's state.
+		_, err := inst.control.TakeOver(ctx, &controlpb.TakeOverRequest{State: c.state, Fds: uint32(len(c.files))})
+		select {
+		case <-inst.exited:
+			// Died with it: the next start gets it again (we hold copies).
+			return fail(fmt.Errorf("take over by %s: %w", m.spec.Name, errors.Join(err, errors.New("plugin exited"))))
+		default:
+		}
+		if err != nil {
+			m.log.Warn("plugin did not take over its predecessor's state", zap.Error(err))
+		}
+		c.close()
+		m.carried = nil
 	}
 	if run != nil && run.cgroupRefused != nil {
 		m.log.Warn("plugin runs outside its cgroup: the kernel refused to start it there", zap.Error(run.cgroupRefused))

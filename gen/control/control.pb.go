@@ -597,7 +597,11 @@ func (*HandoverRequest) Descriptor() ([]byte, []int) {
 }
 
 type HandoverResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Opaque to envd-init: the plugin's own encoding, for its successor.
+	State []byte `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	// How many fds the plugin sent over its carry socket for the successor.
+	Fds           uint32 `protobuf:"varint,2,opt,name=fds,proto3" json:"fds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -630,6 +634,108 @@ func (x *HandoverResponse) ProtoReflect() protoreflect.Message {
 // Deprecated: Use HandoverResponse.ProtoReflect.Descriptor instead.
 func (*HandoverResponse) Descriptor() ([]byte, []int) {
 	return file_control_control_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *HandoverResponse) GetState() []byte {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
+func (x *HandoverResponse) GetFds() uint32 {
+	if x != nil {
+		return x.Fds
+	}
+	return 0
+}
+
+type TakeOverRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	State         []byte                 `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	Fds           uint32                 `protobuf:"varint,2,opt,name=fds,proto3" json:"fds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TakeOverRequest) Reset() {
+	*x = TakeOverRequest{}
+	mi := &file_control_control_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TakeOverRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TakeOverRequest) ProtoMessage() {}
+
+func (x *TakeOverRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_control_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TakeOverRequest.ProtoReflect.Descriptor instead.
+func (*TakeOverRequest) Descriptor() ([]byte, []int) {
+	return file_control_control_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *TakeOverRequest) GetState() []byte {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
+func (x *TakeOverRequest) GetFds() uint32 {
+	if x != nil {
+		return x.Fds
+	}
+	return 0
+}
+
+type TakeOverResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TakeOverResponse) Reset() {
+	*x = TakeOverResponse{}
+	mi := &file_control_control_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TakeOverResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TakeOverResponse) ProtoMessage() {}
+
+func (x *TakeOverResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_control_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TakeOverResponse.ProtoReflect.Descriptor instead.
+func (*TakeOverResponse) Descriptor() ([]byte, []int) {
+	return file_control_control_proto_rawDescGZIP(), []int{14}
 }
 
 var File_control_control_proto protoreflect.FileDescriptor
@@ -670,15 +776,22 @@ const file_control_control_proto_rawDesc = "" +
 	"\x18SnapshotRestoredResponse\"\x11\n" +
 	"\x0fShutdownRequest\"\x12\n" +
 	"\x10ShutdownResponse\"\x11\n" +
-	"\x0fHandoverRequest\"\x12\n" +
-	"\x10HandoverResponse2\xaf\x03\n" +
+	"\x0fHandoverRequest\":\n" +
+	"\x10HandoverResponse\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\fR\x05state\x12\x10\n" +
+	"\x03fds\x18\x02 \x01(\rR\x03fds\"9\n" +
+	"\x0fTakeOverRequest\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\fR\x05state\x12\x10\n" +
+	"\x03fds\x18\x02 \x01(\rR\x03fds\"\x12\n" +
+	"\x10TakeOverResponse2\xf0\x03\n" +
 	"\aControl\x128\n" +
 	"\tConfigure\x12\x0f.control.Config\x1a\x1a.control.ConfigureResponse\x129\n" +
 	"\x06Health\x12\x16.control.HealthRequest\x1a\x17.control.HealthResponse\x12T\n" +
 	"\x0fSnapshotPrepare\x12\x1f.control.SnapshotPrepareRequest\x1a .control.SnapshotPrepareResponse\x12W\n" +
 	"\x10SnapshotRestored\x12 .control.SnapshotRestoredRequest\x1a!.control.SnapshotRestoredResponse\x12?\n" +
 	"\bShutdown\x12\x18.control.ShutdownRequest\x1a\x19.control.ShutdownResponse\x12?\n" +
-	"\bHandover\x12\x18.control.HandoverRequest\x1a\x19.control.HandoverResponseB*Z(github.com/envd-project/envd/gen/controlb\x06proto3"
+	"\bHandover\x12\x18.control.HandoverRequest\x1a\x19.control.HandoverResponse\x12?\n" +
+	"\bTakeOver\x12\x18.control.TakeOverRequest\x1a\x19.control.TakeOverResponseB*Z(github.com/envd-project/envd/gen/controlb\x06proto3"
 
 var (
 	file_control_control_proto_rawDescOnce sync.Once
@@ -692,7 +805,7 @@ func file_control_control_proto_rawDescGZIP() []byte {
 	return file_control_control_proto_rawDescData
 }
 
-var file_control_control_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_control_control_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_control_control_proto_goTypes = []any{
 	(*Config)(nil),                   // 0: control.Config
 	(*CgroupConfig)(nil),             // 1: control.CgroupConfig
@@ -707,10 +820,12 @@ var file_control_control_proto_goTypes = []any{
 	(*ShutdownResponse)(nil),         // 10: control.ShutdownResponse
 	(*HandoverRequest)(nil),          // 11: control.HandoverRequest
 	(*HandoverResponse)(nil),         // 12: control.HandoverResponse
-	nil,                              // 13: control.Config.EnvVarsEntry
+	(*TakeOverRequest)(nil),          // 13: control.TakeOverRequest
+	(*TakeOverResponse)(nil),         // 14: control.TakeOverResponse
+	nil,                              // 15: control.Config.EnvVarsEntry
 }
 var file_control_control_proto_depIdxs = []int32{
-	13, // 0: control.Config.env_vars:type_name -> control.Config.EnvVarsEntry
+	15, // 0: control.Config.env_vars:type_name -> control.Config.EnvVarsEntry
 	1,  // 1: control.Config.cgroups:type_name -> control.CgroupConfig
 	0,  // 2: control.Control.Configure:input_type -> control.Config
 	3,  // 3: control.Control.Health:input_type -> control.HealthRequest
@@ -718,14 +833,16 @@ var file_control_control_proto_depIdxs = []int32{
 	7,  // 5: control.Control.SnapshotRestored:input_type -> control.SnapshotRestoredRequest
 	9,  // 6: control.Control.Shutdown:input_type -> control.ShutdownRequest
 	11, // 7: control.Control.Handover:input_type -> control.HandoverRequest
-	2,  // 8: control.Control.Configure:output_type -> control.ConfigureResponse
-	4,  // 9: control.Control.Health:output_type -> control.HealthResponse
-	6,  // 10: control.Control.SnapshotPrepare:output_type -> control.SnapshotPrepareResponse
-	8,  // 11: control.Control.SnapshotRestored:output_type -> control.SnapshotRestoredResponse
-	10, // 12: control.Control.Shutdown:output_type -> control.ShutdownResponse
-	12, // 13: control.Control.Handover:output_type -> control.HandoverResponse
-	8,  // [8:14] is the sub-list for method output_type
-	2,  // [2:8] is the sub-list for method input_type
+	13, // 8: control.Control.TakeOver:input_type -> control.TakeOverRequest
+	2,  // 9: control.Control.Configure:output_type -> control.ConfigureResponse
+	4,  // 10: control.Control.Health:output_type -> control.HealthResponse
+	6,  // 11: control.Control.SnapshotPrepare:output_type -> control.SnapshotPrepareResponse
+	8,  // 12: control.Control.SnapshotRestored:output_type -> control.SnapshotRestoredResponse
+	10, // 13: control.Control.Shutdown:output_type -> control.ShutdownResponse
+	12, // 14: control.Control.Handover:output_type -> control.HandoverResponse
+	14, // 15: control.Control.TakeOver:output_type -> control.TakeOverResponse
+	9,  // [9:16] is the sub-list for method output_type
+	2,  // [2:9] is the sub-list for method input_type
 	2,  // [2:2] is the sub-list for extension type_name
 	2,  // [2:2] is the sub-list for extension extendee
 	0,  // [0:2] is the sub-list for field type_name
@@ -742,7 +859,7 @@ func file_control_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_control_proto_rawDesc), len(file_control_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,6 +30,7 @@ const (
 	Control_SnapshotRestored_FullMethodName = "/control.Control/SnapshotRestored"
 	Control_Shutdown_FullMethodName         = "/control.Control/Shutdown"
 	Control_Handover_FullMethodName         = "/control.Control/Handover"
+	Control_TakeOver_FullMethodName         = "/control.Control/TakeOver"
 )
 
 // ControlClient is the client API for Control service.
@@ -52,7 +53,13 @@ type ControlClient interface {
 	// each output stream after the last byte it read, so envd-init attaches
 	// it again to the replacement), leaves user processes running and exits
 	// once its calls have finished.
+	// A plugin may answer with state for its successor (envd-fs: its polling
+	// watchers) and send fds with it over its carry socket ($ENVD_CARRY_FD);
+	// envd-init holds both and gives them to the replacement (TakeOver).
 	Handover(ctx context.Context, in *HandoverRequest, opts ...grpc.CallOption) (*HandoverResponse, error)
+	// The state a predecessor handed over, pushed before the plugin serves;
+	// the fds it sent were inherited at exec ($ENVD_CARRIED_FDS, in order).
+	TakeOver(ctx context.Context, in *TakeOverRequest, opts ...grpc.CallOption) (*TakeOverResponse, error)
 }
 
 type controlClient struct {
@@ -123,6 +130,16 @@ func (c *controlClient) Handover(ctx context.Context, in *HandoverRequest, opts 
 	return out, nil
 }
 
+func (c *controlClient) TakeOver(ctx context.Context, in *TakeOverRequest, opts ...grpc.CallOption) (*TakeOverResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TakeOverResponse)
+	err := c.cc.Invoke(ctx, Control_TakeOver_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlServer is the server API for Control service.
 // All implementations must embed UnimplementedControlServer
 // for forward compatibility.
@@ -143,7 +160,13 @@ type ControlServer interface {
 	// each output stream after the last byte it read, so envd-init attaches
 	// it again to the replacement), leaves user processes running and exits
 	// once its calls have finished.
+	// A plugin may answer with state for its successor (envd-fs: its polling
+	// watchers) and send fds with it over its carry socket ($ENVD_CARRY_FD);
+	// envd-init holds both and gives them to the replacement (TakeOver).
 	Handover(context.Context, *HandoverRequest) (*HandoverResponse, error)
+	// The state a predecessor handed over, pushed before the plugin serves;
+	// the fds it sent were inherited at exec ($ENVD_CARRIED_FDS, in order).
+	TakeOver(context.Context, *TakeOverRequest) (*TakeOverResponse, error)
 	mustEmbedUnimplementedControlServer()
 }
 
@@ -171,6 +194,9 @@ func (UnimplementedControlServer) Shutdown(context.Context, *ShutdownRequest) (*
 }
 func (UnimplementedControlServer) Handover(context.Context, *HandoverRequest) (*HandoverResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Handover not implemented")
+}
+func (UnimplementedControlServer) TakeOver(context.Context, *TakeOverRequest) (*TakeOverResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method TakeOver not implemented")
 }
 func (UnimplementedControlServer) mustEmbedUnimplementedControlServer() {}
 func (UnimplementedControlServer) testEmbeddedByValue()                 {}
@@ -301,6 +327,24 @@ func _Control_Handover_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_TakeOver_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TakeOverRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).TakeOver(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_TakeOver_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).TakeOver(ctx, req.(*TakeOverRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Control_ServiceDesc is the grpc.ServiceDesc for Control service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -331,6 +375,10 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Handover",
 			Handler:    _Control_Handover_Handler,
+		},
+		{
+			MethodName: "TakeOver",
+			Handler:    _Control_TakeOver_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -69,6 +69,9 @@ type Service struct {
 	pollers  map[string]*poller
 	streams  map[*streamWatch]struct{}
 	shutdown bool
+	// replacing: Carry is handing the watchers to the next envd-fs; calls
+	// on watchers are refused (ErrReplaced) and sent there by envd-init.
+	replacing bool
 }
 
 var _ service.Filesystem = (*Service)(nil)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -84,12 +85,18 @@ func (s *Service) startWatch(ctx context.Context, req watchReq) (*watch.Watcher,
 		}
 	}
 	s.mu.Lock()
-	down := s.shutdown
+	down, replacing := s.shutdown, s.replacing
 	s.mu.Unlock()
 	if down {
 		return nil, "", connect.NewError(connect.CodeUnavailable, errors.New("filesystem service is shutting down"))
 	}
+	if replacing {
+		return nil, "", errReplaced()
+	}
 	w, err := s.pool.New(p, req.GetRecursive())
+	if errors.Is(err, watch.ErrFrozen) {
+		return nil, "", errReplaced()
+	}
 	if err != nil {
 		return nil, "", connect.NewError(connect.CodeInternal, fmt.Errorf("error creating watcher for %s: %w", p, err))
 	}
@@ -127,7 +134,11 @@ func watcherError(err error) error {
 	return connect.NewError(connect.CodeInternal, fmt.Errorf("watcher error: %w", err))
 }
 
-type streamWatch struct{ w *watch.Watcher }
+type streamWatch struct {
+	w *watch.Watcher
+	// replaced: the watcher was stopped because this envd-fs is replaced.
+	replaced atomic.Bool
+}
 
 // WatchDir is WIRE §6.8's stream: start, then events and keepalives until
 // the caller goes away or the watcher fails. The watcher's bounded queue
@@ -144,6 +155,10 @@ func (s *Service) WatchDir(ctx context.Context, req *fspb.WatchDirRequest, send 
 	if s.shutdown {
 		s.mu.Unlock()
 		return connect.NewError(connect.CodeUnavailable, errors.New("filesystem service is shutting down"))
+	}
+	if s.replacing {
+		s.mu.Unlock()
+		return errReplaced() // nothing sent yet: envd-init sends it to the replacement
 	}
 	s.streams[sw] = struct{}{}
 	s.mu.Unlock()
@@ -173,6 +188,9 @@ func (s *Service) WatchDir(ctx context.Context, req *fspb.WatchDirRequest, send 
 			if !ok {
 				if ctx.Err() != nil {
 					return ctxError(ctx)
+				}
+				if sw.replaced.Load() {
+					return connect.NewError(connect.CodeAborted, errors.New(WatchReplaced))
 				}
 				return watcherError(w.Err())
 			}
@@ -211,14 +229,17 @@ func ctxError(ctx context.Context) error {
 // poller is a CreateWatcher watcher: a goroutine drains the inotify watcher
 // into a bounded buffer that GetWatcherEvents empties.
 type poller struct {
-	w      *watch.Watcher
-	user   string
-	exited chan struct{}
+	w            *watch.Watcher // nil for one that ended before a hand-over
+	user         string
+	root         string
+	includeEntry bool
+	exited       chan struct{}
 
 	mu       sync.Mutex
 	events   []*fspb.FilesystemEvent
 	err      error
 	lastPoll time.Time
+	gone     bool // handed over: its events belong to the next envd-fs
 }
 
 func (p *poller) run(nm *names, root string, includeEntry bool, limit int, log *zap.Logger) {
@@ -239,7 +260,7 @@ func (p *poller) run(nm *names, root string, includeEntry bool, limit int, log *
 		p.events = append(p.events, evs...)
 		p.mu.Unlock()
 	}
-	if err := p.w.Err(); err != nil && !errors.Is(err, watch.ErrClosed) {
+	if err := p.w.Err(); err != nil && !errors.Is(err, watch.ErrClosed) && !errors.Is(err, watch.ErrDetached) {
 		p.mu.Lock()
 		p.err = fmt.Errorf("watcher error: %w", err)
 		p.events = nil
@@ -248,7 +269,9 @@ func (p *poller) run(nm *names, root string, includeEntry bool, limit int, log *
 }
 
 func (p *poller) close() {
-	p.w.Close()
+	if p.w != nil {
+		p.w.Close()
+	}
 	<-p.exited
 }
 
@@ -269,12 +292,17 @@ func (s *Service) CreateWatcher(ctx context.Context, req *fspb.CreateWatcherRequ
 		w.Close()
 		return nil, connect.NewError(connect.CodeInternal, err)
 	}
-	p := &poller{w: w, user: user, exited: make(chan struct{}), lastPoll: time.Now()}
+	p := &poller{w: w, user: user, root: root, includeEntry: req.GetIncludeEntry(), exited: make(chan struct{}), lastPoll: time.Now()}
 	s.mu.Lock()
 	if s.shutdown {
 		s.mu.Unlock()
 		w.Close()
 		return nil, connect.NewError(connect.CodeUnavailable, errors.New("filesystem service is shutting down"))
+	}
+	if s.replacing {
+		s.mu.Unlock()
+		w.Close()
+		return nil, errReplaced()
 	}
 	if err := s.pollerRoomLocked(user); err != nil {
 		s.mu.Unlock()
@@ -340,12 +368,19 @@ func (s *Service) expirePollers() {
 func (s *Service) GetWatcherEvents(ctx context.Context, req *fspb.GetWatcherEventsRequest) (*fspb.GetWatcherEventsResponse, error) {
 	s.mu.Lock()
 	p, ok := s.pollers[req.GetWatcherId()]
+	replacing := s.replacing
 	s.mu.Unlock()
+	if replacing {
+		return nil, errReplaced()
+	}
 	if !ok {
 		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("watcher with id %s not found", req.GetWatcherId()))
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.gone {
+		return nil, errReplaced()
+	}
 	p.lastPoll = time.Now()
 	if p.err != nil {
 		return nil, connect.NewError(connect.CodeInternal, p.err)
@@ -358,6 +393,10 @@ func (s *Service) GetWatcherEvents(ctx context.Context, req *fspb.GetWatcherEven
 // RemoveWatcher stops and forgets a polling watcher.
 func (s *Service) RemoveWatcher(ctx context.Context, req *fspb.RemoveWatcherRequest) (*fspb.RemoveWatcherResponse, error) {
 	s.mu.Lock()
+	if s.replacing {
+		s.mu.Unlock()
+		return nil, errReplaced()
+	}
 	p, ok := s.pollers[req.GetWatcherId()]
 	delete(s.pollers, req.GetWatcherId())
 	s.mu.Unlock()

@@ -83,6 +83,9 @@ const (
 	classTruncated = "truncated"       // a response whose body broke off without a status
 	classHung      = "hung"            // returned long after its deadline
 	classWrong     = "wrong-answer"    // an answer that breaks the contract (no end event, other bytes)
+	// classFSKilled is added to no-reply and truncated for a handed-off
+	// call during which envd-fs was killed with SIGKILL (accepted).
+	classFSKilled = " (envd-fs killed in flight)"
 )
 
 // wrongAnswer is an answer that came with no error yet breaks the contract.

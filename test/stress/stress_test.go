@@ -6,7 +6,12 @@
 // from the first measured round to the last, that nothing is left a zombie
 // or running, that no upload left a partial or stray file, that no call
 // hung past its deadline, and that every call got a status (no empty
-// reply, no cut stream).
+// reply, no cut stream). The one exception is a handed-off call (/files,
+// ListDir over HTTP/1.1: envd-fs serves the client's connection itself)
+// during which envd-fs was killed with SIGKILL: a dead process cannot
+// answer, and envd-init cannot either once envd-fs took the connection.
+// Under SIGSTOP/SIGCONT a handed-off call still gets a status (envd-init
+// revokes a handoff that is not confirmed in time and answers 503).
 //
 // `make stress` runs it for STRESS_DURATION (default 2m); `go test` runs a
 // short mode (~30 s) that `make test` includes. Knobs (environment):
@@ -14,11 +19,6 @@
 //	STRESS_DURATION   load time, a Go duration (default 12s; 2m under make stress)
 //	STRESS_CLIENTS    concurrent clients (default 12)
 //	STRESS_CHAOS      0 turns off the kills and stops
-//	STRESS_KNOWN_HANDOFF_EMPTY_REPLY
-//	                  1 (default) lists an empty reply or cut answer on a
-//	                  handed-off call (/files, ListDir over HTTP/1.1) while
-//	                  envd-fs is killed or stopped as known (issue 12 item 3)
-//	                  and does not fail on it; 0 fails on it like on any other
 package stress
 
 import (
@@ -43,15 +43,14 @@ import (
 var names = []string{"envd-init", "envd-proc", "envd-fs", "envd-net"}
 
 type config struct {
-	duration     time.Duration
-	rounds       int
-	clients      int
-	chaos        bool
-	knownHandoff bool
+	duration time.Duration
+	rounds   int
+	clients  int
+	chaos    bool
 }
 
 func loadConfig(t *testing.T) config {
-	c := config{duration: 12 * time.Second, clients: 12, chaos: true, knownHandoff: true}
+	c := config{duration: 12 * time.Second, clients: 12, chaos: true}
 	if v := os.Getenv("STRESS_DURATION"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil {
@@ -67,7 +66,6 @@ func loadConfig(t *testing.T) config {
 		c.clients = n
 	}
 	c.chaos = os.Getenv("STRESS_CHAOS") != "0"
-	c.knownHandoff = os.Getenv("STRESS_KNOWN_HANDOFF_EMPTY_REPLY") != "0"
 	// Rounds of about 20 s; at least two, so there is a first and a last.
 	c.rounds = max(2, int(c.duration/(20*time.Second)))
 	return c
@@ -81,6 +79,22 @@ type chaos struct {
 	mu     sync.Mutex
 	rng    *rand.Rand
 	events []string
+	// fsKills are the SIGKILLs of envd-fs: [before, after] the kill call.
+	fsKills [][2]time.Time
+}
+
+// fsKilledDuring reports whether envd-fs got a SIGKILL while a call that
+// ran from start to end was in flight: the kill was sent before the call
+// ended, and the call began before the kill had been sent.
+func (c *chaos) fsKilledDuring(start, end time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, k := range c.fsKills {
+		if start.Before(k[1]) && end.After(k[0]) {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *chaos) run(ctx context.Context) {
@@ -97,9 +111,14 @@ func (c *chaos) run(ctx context.Context) {
 			continue // restarting
 		}
 		if c.rng.IntN(100) < 35 {
+			before := time.Now()
 			if signal(pid, syscall.SIGKILL) {
+				after := time.Now()
 				c.mu.Lock()
 				c.kills[name]++
+				if name == "envd-fs" {
+					c.fsKills = append(c.fsKills, [2]time.Time{before, after})
+				}
 				c.mu.Unlock()
 			}
 			continue
@@ -164,17 +183,18 @@ func TestStress(t *testing.T) {
 	var inflight atomic.Int64
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d, %d clients, %d rounds of %v, chaos %v", seed, cfg.clients, cfg.rounds, cfg.duration/time.Duration(cfg.rounds), cfg.chaos)
+	ch := &chaos{e: e, kills: map[string]int{}, stops: map[string]int{}, rng: rand.New(rand.NewPCG(seed, 1<<32))}
 	workers := make([]*worker, cfg.clients)
 	for i := range workers {
 		w := &worker{id: i, base: e.URL, c: newClients(e.URL, i), dir: filepath.Join(root, fmt.Sprintf("w%d", i)),
 			upDir: filepath.Join(root, "up", fmt.Sprintf("w%d", i)), fixed: fixed, fixedSum: sha(fixedContent),
-			uploads: uploads, tally: tl, rng: rand.New(rand.NewPCG(seed, uint64(i))), inflight: &inflight}
+			uploads: uploads, tally: tl, rng: rand.New(rand.NewPCG(seed, uint64(i))), inflight: &inflight,
+			fsKilledDuring: ch.fsKilledDuring}
 		if err := os.MkdirAll(w.dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
 		workers[i] = w
 	}
-	ch := &chaos{e: e, kills: map[string]int{}, stops: map[string]int{}, rng: rand.New(rand.NewPCG(seed, 1<<32))}
 
 	// Resources at start, and after each measured round.
 	measured := [][]usage{settle(t, e, pidOf, "start", false)}
@@ -219,7 +239,7 @@ func TestStress(t *testing.T) {
 	}
 
 	report(t, tl, ch, measured, elapsed)
-	checkCalls(t, tl, cfg)
+	checkCalls(t, tl)
 	checkGrowth(t, measured)
 	checkProcesses(t, e)
 	checkUploads(t, uploads, filepath.Join(root, "up"))
@@ -305,19 +325,13 @@ func report(t *testing.T, tl *tally, ch *chaos, measured [][]usage, elapsed time
 	}
 }
 
-func checkCalls(t *testing.T, tl *tally, cfg config) {
-	handoff := func(op string) bool { return strings.HasSuffix(op, handoffSuffix) }
-	other := func(op string) bool { return !handoff(op) }
+func checkCalls(t *testing.T, tl *tally) {
 	for _, class := range []string{classNoReply, classTruncated} {
-		if n := tl.totalWhere(other, class); n > 0 {
+		if n := tl.total(class); n > 0 {
 			t.Errorf("%d calls got no status (%s)", n, class)
 		}
-		n := tl.totalWhere(handoff, class)
-		switch {
-		case n > 0 && cfg.knownHandoff:
-			t.Logf("KNOWN (issue 12 item 3, STRESS_KNOWN_HANDOFF_EMPTY_REPLY=1): %d handed-off calls got no status (%s)", n, class)
-		case n > 0:
-			t.Errorf("%d handed-off calls got no status (%s)", n, class)
+		if n := tl.total(class + classFSKilled); n > 0 {
+			t.Logf("%d handed-off calls got no status (%s) because envd-fs was killed (SIGKILL) while they were in flight", n, class)
 		}
 	}
 	if n := tl.total(classHung); n > 0 {

@@ -127,6 +127,9 @@ type worker struct {
 	rng      *rand.Rand
 	n        int
 	inflight *atomic.Int64
+	// fsKilledDuring tells whether envd-fs was killed (SIGKILL) while a
+	// call ran (chaos.fsKilledDuring).
+	fsKilledDuring func(start, end time.Time) bool
 }
 
 // call runs one RPC or HTTP request under its own deadline and records
@@ -138,9 +141,16 @@ func (w *worker) call(op string, deadline time.Duration, fn func(ctx context.Con
 	w.inflight.Add(1)
 	start := time.Now()
 	err := fn(ctx)
-	elapsed := time.Since(start)
+	end := time.Now()
+	elapsed := end.Sub(start)
 	w.inflight.Add(-1)
 	class := classify(ctx, tr, err)
+	if (class == classNoReply || class == classTruncated) && strings.HasSuffix(op, handoffSuffix) &&
+		w.fsKilledDuring != nil && w.fsKilledDuring(start, end) {
+		// envd-fs held the client's connection and died: nobody is left
+		// to answer. Any other call without a status is a failure.
+		class += classFSKilled
+	}
 	note := ""
 	if err != nil {
 		note = fmt.Sprintf("%s: %.200v", w.c.name, err)

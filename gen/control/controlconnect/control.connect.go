@@ -51,6 +51,8 @@ const (
 	ControlShutdownProcedure = "/control.Control/Shutdown"
 	// ControlHandoverProcedure is the fully-qualified name of the Control's Handover RPC.
 	ControlHandoverProcedure = "/control.Control/Handover"
+	// ControlTakeOverProcedure is the fully-qualified name of the Control's TakeOver RPC.
+	ControlTakeOverProcedure = "/control.Control/TakeOver"
 )
 
 // ControlClient is a client for the control.Control service.
@@ -71,7 +73,13 @@ type ControlClient interface {
 	// each output stream after the last byte it read, so envd-init attaches
 	// it again to the replacement), leaves user processes running and exits
 	// once its calls have finished.
+	// A plugin may answer with state for its successor (envd-fs: its polling
+	// watchers) and send fds with it over its carry socket ($ENVD_CARRY_FD);
+	// envd-init holds both and gives them to the replacement (TakeOver).
 	Handover(context.Context, *connect.Request[control.HandoverRequest]) (*connect.Response[control.HandoverResponse], error)
+	// The state a predecessor handed over, pushed before the plugin serves;
+	// the fds it sent were inherited at exec ($ENVD_CARRIED_FDS, in order).
+	TakeOver(context.Context, *connect.Request[control.TakeOverRequest]) (*connect.Response[control.TakeOverResponse], error)
 }
 
 // NewControlClient constructs a client for the control.Control service. By default, it uses the
@@ -121,6 +129,12 @@ func NewControlClient(httpClient connect.HTTPClient, baseURL string, opts ...con
 			connect.WithSchema(controlMethods.ByName("Handover")),
 			connect.WithClientOptions(opts...),
 		),
+		takeOver: connect.NewClient[control.TakeOverRequest, control.TakeOverResponse](
+			httpClient,
+			baseURL+ControlTakeOverProcedure,
+			connect.WithSchema(controlMethods.ByName("TakeOver")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -132,6 +146,7 @@ type controlClient struct {
 	snapshotRestored *connect.Client[control.SnapshotRestoredRequest, control.SnapshotRestoredResponse]
 	shutdown         *connect.Client[control.ShutdownRequest, control.ShutdownResponse]
 	handover         *connect.Client[control.HandoverRequest, control.HandoverResponse]
+	takeOver         *connect.Client[control.TakeOverRequest, control.TakeOverResponse]
 }
 
 // Configure calls control.Control.Configure.
@@ -164,6 +179,11 @@ func (c *controlClient) Handover(ctx context.Context, req *connect.Request[contr
 	return c.handover.CallUnary(ctx, req)
 }
 
+// TakeOver calls control.Control.TakeOver.
+func (c *controlClient) TakeOver(ctx context.Context, req *connect.Request[control.TakeOverRequest]) (*connect.Response[control.TakeOverResponse], error) {
+	return c.takeOver.CallUnary(ctx, req)
+}
+
 // ControlHandler is an implementation of the control.Control service.
 type ControlHandler interface {
 	// Replaces the plugin's view of the sandbox defaults. Idempotent; a plugin
@@ -182,7 +202,13 @@ type ControlHandler interface {
 	// each output stream after the last byte it read, so envd-init attaches
 	// it again to the replacement), leaves user processes running and exits
 	// once its calls have finished.
+	// A plugin may answer with state for its successor (envd-fs: its polling
+	// watchers) and send fds with it over its carry socket ($ENVD_CARRY_FD);
+	// envd-init holds both and gives them to the replacement (TakeOver).
 	Handover(context.Context, *connect.Request[control.HandoverRequest]) (*connect.Response[control.HandoverResponse], error)
+	// The state a predecessor handed over, pushed before the plugin serves;
+	// the fds it sent were inherited at exec ($ENVD_CARRIED_FDS, in order).
+	TakeOver(context.Context, *connect.Request[control.TakeOverRequest]) (*connect.Response[control.TakeOverResponse], error)
 }
 
 // NewControlHandler builds an HTTP handler from the service implementation. It returns the path on
@@ -228,6 +254,12 @@ func NewControlHandler(svc ControlHandler, opts ...connect.HandlerOption) (strin
 		connect.WithSchema(controlMethods.ByName("Handover")),
 		connect.WithHandlerOptions(opts...),
 	)
+	controlTakeOverHandler := connect.NewUnaryHandler(
+		ControlTakeOverProcedure,
+		svc.TakeOver,
+		connect.WithSchema(controlMethods.ByName("TakeOver")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/control.Control/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ControlConfigureProcedure:
@@ -242,6 +274,8 @@ func NewControlHandler(svc ControlHandler, opts ...connect.HandlerOption) (strin
 			controlShutdownHandler.ServeHTTP(w, r)
 		case ControlHandoverProcedure:
 			controlHandoverHandler.ServeHTTP(w, r)
+		case ControlTakeOverProcedure:
+			controlTakeOverHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -273,4 +307,8 @@ func (UnimplementedControlHandler) Shutdown(context.Context, *connect.Request[co
 
 func (UnimplementedControlHandler) Handover(context.Context, *connect.Request[control.HandoverRequest]) (*connect.Response[control.HandoverResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("control.Control.Handover is not implemented"))
+}
+
+func (UnimplementedControlHandler) TakeOver(context.Context, *connect.Request[control.TakeOverRequest]) (*connect.Response[control.TakeOverResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("control.Control.TakeOver is not implemented"))
 }

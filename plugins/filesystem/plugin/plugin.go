@@ -6,6 +6,7 @@ package plugin
 import (
 	"context"
 	"net/http"
+	"os"
 
 	"connectrpc.com/connect"
 	controlpb "github.com/envd-project/envd/gen/control"
@@ -44,6 +45,15 @@ func (s *subsystem) Configure(_ context.Context, cfg *controlpb.Config) error {
 func (s *subsystem) SnapshotPrepare(ctx context.Context) error  { return s.svc.SnapshotPrepare(ctx) }
 func (s *subsystem) SnapshotRestored(ctx context.Context) error { return s.svc.SnapshotRestored(ctx) }
 func (s *subsystem) Shutdown(ctx context.Context) error         { return s.svc.Shutdown(ctx) }
+
+// Carry and Resume hand the polling watchers to the next envd-fs in a
+// hot-swap (pluginmain.Carrier).
+var _ pluginmain.Carrier = (*subsystem)(nil)
+
+func (s *subsystem) Carry(ctx context.Context) ([]byte, []*os.File, error) { return s.svc.Carry(ctx) }
+func (s *subsystem) Resume(ctx context.Context, state []byte, files []*os.File) error {
+	return s.svc.Resume(ctx, state, files)
+}
 
 func (s *subsystem) RegisterGRPC(srv *grpc.Server) {
 	fspb.RegisterFilesystemServer(srv, grpcadapter.NewFilesystemServer(s.svc))

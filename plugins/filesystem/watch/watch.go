@@ -26,11 +26,13 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -103,6 +105,7 @@ type instance struct {
 	fd     int
 	file   *os.File
 	exited chan struct{}
+	pool   *Pool // that tracks it, or nil
 
 	// mu guards the fields below and every member watcher's wds, pending,
 	// queue and closed fields; the reader holds it while it dispatches.
@@ -110,9 +113,11 @@ type instance struct {
 	subs     map[int32][]*Watcher // wd → watchers using it
 	watchers map[*Watcher]struct{}
 	dead     bool
+	freezing bool // Freeze: the reader stops at its next read
 }
 
-func newInstance() (*instance, error) {
+// newInstance starts an instance, tracked by p when p is not nil.
+func newInstance(p *Pool) (*instance, error) {
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {
 		if errors.Is(err, unix.EMFILE) {
@@ -130,6 +135,9 @@ func newInstance() (*instance, error) {
 		subs:     map[int32][]*Watcher{},
 		watchers: map[*Watcher]struct{}{},
 	}
+	if p != nil {
+		p.track(in)
+	}
 	go in.run()
 	return in, nil
 }
@@ -139,8 +147,28 @@ type Pool struct {
 	// PerInstance is how many watchers share one instance (0: 64).
 	PerInstance int
 
-	mu  sync.Mutex
-	cur *instance
+	mu     sync.Mutex
+	cur    *instance
+	frozen bool
+
+	allMu sync.Mutex
+	all   map[*instance]struct{} // every live instance (for Freeze)
+}
+
+func (p *Pool) track(in *instance) {
+	in.pool = p
+	p.allMu.Lock()
+	if p.all == nil {
+		p.all = map[*instance]struct{}{}
+	}
+	p.all[in] = struct{}{}
+	p.allMu.Unlock()
+}
+
+func (p *Pool) untrack(in *instance) {
+	p.allMu.Lock()
+	delete(p.all, in)
+	p.allMu.Unlock()
 }
 
 // New starts a watcher (see the package function New) on a shared instance.
@@ -151,6 +179,9 @@ func (p *Pool) New(root string, recursive bool) (*Watcher, error) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.frozen {
+		return nil, ErrFrozen
+	}
 	if in := p.cur; in != nil {
 		in.mu.Lock()
 		usable := !in.dead && len(in.watchers) < per
@@ -159,7 +190,7 @@ func (p *Pool) New(root string, recursive bool) (*Watcher, error) {
 			return in.watch(root, recursive)
 		}
 	}
-	in, err := newInstance()
+	in, err := newInstance(p)
 	if err != nil {
 		return nil, err
 	}
@@ -174,13 +205,15 @@ type Watcher struct {
 	recursive bool
 
 	// Guarded by in.mu.
-	wds     map[int32]string // wd → directory relative to root ("" = root)
-	rootWd  int32
-	pending map[uint32]string // MOVED_FROM cookie → relative dir, within one read
-	queue   []Event
-	closed  bool
+	wds      map[int32]string // wd → directory relative to root ("" = root)
+	rootWd   int32
+	pending  map[uint32]string // MOVED_FROM cookie → relative dir, within one read
+	queue    []Event
+	closed   bool
+	detached bool // gone to another process (Detach); its kernel watches stay
 
 	wake   chan struct{} // a new queue is waiting (capacity 1)
+	drain  chan struct{} // closed by Detach: deliver what is queued, then end
 	events chan []Event
 	done   chan struct{}
 	exited chan struct{} // the forwarder has closed events
@@ -194,7 +227,7 @@ type Watcher struct {
 // are not followed), and directories that appear later are added as their
 // events arrive.
 func New(root string, recursive bool) (*Watcher, error) {
-	in, err := newInstance()
+	in, err := newInstance(nil)
 	if err != nil {
 		return nil, err
 	}
@@ -209,17 +242,7 @@ func (in *instance) watch(root string, recursive bool) (*Watcher, error) {
 	if real, err := filepath.EvalSymlinks(root); err == nil {
 		root = real
 	}
-	w := &Watcher{
-		in:        in,
-		root:      root,
-		recursive: recursive,
-		wds:       map[int32]string{},
-		pending:   map[uint32]string{},
-		wake:      make(chan struct{}, 1),
-		events:    make(chan []Event),
-		done:      make(chan struct{}),
-		exited:    make(chan struct{}),
-	}
+	w := newWatcher(in, root, recursive)
 	in.mu.Lock()
 	if in.dead {
 		in.mu.Unlock()
@@ -253,6 +276,21 @@ func (in *instance) watch(root string, recursive bool) (*Watcher, error) {
 		return nil, err
 	}
 	return w, nil
+}
+
+func newWatcher(in *instance, root string, recursive bool) *Watcher {
+	return &Watcher{
+		in:        in,
+		root:      root,
+		recursive: recursive,
+		wds:       map[int32]string{},
+		pending:   map[uint32]string{},
+		wake:      make(chan struct{}, 1),
+		drain:     make(chan struct{}),
+		events:    make(chan []Event),
+		done:      make(chan struct{}),
+		exited:    make(chan struct{}),
+	}
 }
 
 // add watches path for w under the name rel. Called with in.mu held.
@@ -313,17 +351,25 @@ func (w *Watcher) finish(err error) bool {
 func (w *Watcher) forward() {
 	defer close(w.exited)
 	defer close(w.events)
+	draining := false
 	for {
-		select {
-		case <-w.wake:
-		case <-w.done:
-			return
+		if !draining {
+			select {
+			case <-w.wake:
+			case <-w.drain:
+				draining = true
+			case <-w.done:
+				return
+			}
 		}
 		w.in.mu.Lock()
 		batch := w.queue
 		w.queue = nil
 		w.in.mu.Unlock()
 		if len(batch) == 0 {
+			if draining {
+				return
+			}
 			continue
 		}
 		select {
@@ -451,11 +497,20 @@ func (w *Watcher) dropTree(rel string) {
 // its wd, never waiting for a consumer.
 func (in *instance) run() {
 	defer close(in.exited)
+	if in.pool != nil {
+		defer in.pool.untrack(in)
+	}
 	buf := make([]byte, readBufSize)
 	for {
 		n, err := in.file.Read(buf)
 		in.mu.Lock()
 		if err != nil {
+			if in.freezing && errors.Is(err, os.ErrDeadlineExceeded) {
+				// Frozen for a hand-over: what is unread stays in the kernel
+				// queue for the next process.
+				in.mu.Unlock()
+				return
+			}
 			if !in.dead {
 				in.fail(fmt.Errorf("read inotify: %w", err))
 			}
@@ -649,4 +704,201 @@ func trimNul(b []byte) []byte {
 		}
 	}
 	return b
+}
+
+// Hand-over across a hot-swap of envd-fs. The inotify instances of the
+// watchers that go over are not closed: their fds travel to the next
+// envd-fs (package carry), which reads on from the kernel queue where this
+// process stopped. Freeze stops every reader of the pool at a read
+// boundary (everything read has been dispatched, nothing more is read),
+// Detach takes one watcher off its instance without removing its kernel
+// watches, and Carry hands out the instances' fds with each watcher's
+// state; Adopt rebuilds the watchers in the next process. Nothing is lost
+// or seen twice: events that happen meanwhile wait in the kernel queue.
+
+// ErrDetached is Err of a watcher that went to another process (Detach).
+var ErrDetached = errors.New("watcher handed over")
+
+// ErrFrozen is New's answer once the pool is frozen.
+var ErrFrozen = errors.New("inotify instances are being handed over")
+
+// WatcherState is what a detached watcher needs to go on in another
+// process, given its instance's fd.
+type WatcherState struct {
+	Instance  int              `json:"instance"` // index into Carry's files
+	Root      string           `json:"root"`
+	Recursive bool             `json:"recursive,omitempty"`
+	RootWd    int32            `json:"root_wd"`
+	Wds       map[int32]string `json:"wds"`
+}
+
+// Freeze stops reading every instance of the pool; the watchers keep
+// what was read and get nothing more. New fails from now on.
+func (p *Pool) Freeze() {
+	p.mu.Lock()
+	p.frozen = true
+	p.mu.Unlock()
+	p.allMu.Lock()
+	all := make([]*instance, 0, len(p.all))
+	for in := range p.all {
+		all = append(all, in)
+	}
+	p.allMu.Unlock()
+	for _, in := range all {
+		in.mu.Lock()
+		in.freezing = true
+		dead := in.dead
+		in.mu.Unlock()
+		if dead {
+			continue
+		}
+		// A deadline in the past makes the next Read fail at once and wakes
+		// one parked in the poller; a read in progress is dispatched first.
+		_ = in.file.SetReadDeadline(time.Unix(1, 0))
+		<-in.exited
+	}
+}
+
+// Detach takes w off its (frozen) instance for another process: its kernel
+// watches stay, the events already queued for it are delivered on Events,
+// which is then closed with Err ErrDetached. It returns false when w had
+// ended already.
+func (w *Watcher) Detach() (WatcherState, bool) {
+	in := w.in
+	in.mu.Lock()
+	if w.closed {
+		in.mu.Unlock()
+		return WatcherState{}, false
+	}
+	w.closed, w.detached = true, true
+	w.setErr(ErrDetached)
+	delete(in.watchers, w)
+	st := WatcherState{Root: w.root, Recursive: w.recursive, RootWd: w.rootWd, Wds: maps.Clone(w.wds)}
+	close(w.drain)
+	in.mu.Unlock()
+	<-w.exited
+	return st, true
+}
+
+// Carry returns a duplicate of the fd of each instance of the detached
+// watchers, and sets each state's Instance to its index. Kernel watches of
+// those instances that none of the detached watchers uses are removed
+// first, so the next process holds only what it knows. This process no
+// longer closes the instances' kernel watches; its own fds go when their
+// last watcher here leaves.
+func Carry(ws []*Watcher, states []WatcherState) ([]*os.File, error) {
+	index := map[*instance]int{}
+	var files []*os.File
+	fail := func(err error) ([]*os.File, error) {
+		for _, f := range files {
+			f.Close()
+		}
+		return nil, err
+	}
+	for i, w := range ws {
+		in := w.in
+		n, ok := index[in]
+		if !ok {
+			fd, err := unix.FcntlInt(uintptr(in.fd), unix.F_DUPFD_CLOEXEC, 3)
+			if err != nil {
+				return fail(fmt.Errorf("dup inotify fd: %w", err))
+			}
+			n = len(files)
+			index[in] = n
+			files = append(files, os.NewFile(uintptr(fd), "inotify"))
+		}
+		states[i].Instance = n
+	}
+	for in := range index {
+		in.mu.Lock()
+		used := map[int32]bool{}
+		for i, w := range ws {
+			if w.in == in {
+				for wd := range states[i].Wds {
+					used[wd] = true
+				}
+			}
+		}
+		for wd, subs := range in.subs {
+			if used[wd] {
+				continue
+			}
+			live := false
+			for _, s := range subs {
+				live = live || !s.detached
+			}
+			if !live {
+				unix.InotifyRmWatch(in.fd, uint32(wd))
+				delete(in.subs, wd)
+			}
+		}
+		if len(in.watchers) == 0 && !in.dead {
+			in.dead = true
+			in.file.Close()
+		}
+		in.mu.Unlock()
+	}
+	return files, nil
+}
+
+// Adopt rebuilds watchers handed over by another process (Carry's files
+// and states, in order) and starts reading their instances where the
+// other process stopped. Files no watcher uses are closed.
+func (p *Pool) Adopt(files []*os.File, states []WatcherState) ([]*Watcher, error) {
+	ins := make([]*instance, len(files))
+	for i, f := range files {
+		// Our own fd, so that f can go; Fd made the file blocking, and the
+		// runtime poller needs it non-blocking again.
+		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 3)
+		f.Close()
+		if err == nil {
+			err = unix.SetNonblock(fd, true)
+		}
+		if err != nil {
+			for _, in := range ins[:i] {
+				in.file.Close()
+			}
+			for _, f := range files[i+1:] {
+				f.Close()
+			}
+			return nil, fmt.Errorf("adopt inotify fd: %w", err)
+		}
+		ins[i] = &instance{
+			fd:       fd,
+			file:     os.NewFile(uintptr(fd), "inotify"),
+			exited:   make(chan struct{}),
+			subs:     map[int32][]*Watcher{},
+			watchers: map[*Watcher]struct{}{},
+		}
+	}
+	ws := make([]*Watcher, len(states))
+	for i, st := range states {
+		if st.Instance < 0 || st.Instance >= len(ins) {
+			for _, in := range ins {
+				in.file.Close()
+			}
+			return nil, fmt.Errorf("watcher %d names instance %d of %d", i, st.Instance, len(ins))
+		}
+		in := ins[st.Instance]
+		w := newWatcher(in, st.Root, st.Recursive)
+		w.rootWd = st.RootWd
+		for wd, rel := range st.Wds {
+			w.wds[wd] = rel
+			in.subs[wd] = append(in.subs[wd], w)
+		}
+		in.watchers[w] = struct{}{}
+		ws[i] = w
+	}
+	for _, in := range ins {
+		if len(in.watchers) == 0 {
+			in.file.Close()
+			continue
+		}
+		p.track(in)
+		for w := range in.watchers {
+			go w.forward()
+		}
+		go in.run()
+	}
+	return ws, nil
 }

@@ -398,3 +398,96 @@ func TestPoolSharesInstances(t *testing.T) {
 		t.Fatalf("fds: %d before, %d after closing all", before, n)
 	}
 }
+
+// A hand-over (Freeze, Detach, Carry, then Adopt in the next process; here
+// a second pool) loses nothing and repeats nothing: what the old pool had
+// read comes out of the old watcher before its Events close, what happened
+// while it was frozen and afterwards comes out of the adopted one, each
+// once. A stream watcher sharing a directory with the carried one ends
+// without taking the kernel watch away; a new subdirectory made during the
+// freeze is watched by the adopted recursive watcher.
+func TestHandOverLosesNothing(t *testing.T) {
+	dir := t.TempDir()
+	var a Pool
+	w, err := a.New(dir, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := a.New(dir, false) // same instance, same root wd
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk := func(name string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk("before")
+	// Read by the old pool, not taken by any consumer yet.
+	time.Sleep(100 * time.Millisecond)
+	a.Freeze()
+	if _, err := a.New(dir, false); !errors.Is(err, ErrFrozen) {
+		t.Fatalf("New on a frozen pool: %v, want ErrFrozen", err)
+	}
+	mk("frozen")
+	if err := os.Mkdir(filepath.Join(dir, "newdir"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	stream.Close()
+	var old []Event
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for b := range w.Events() {
+			old = append(old, b...)
+		}
+	}()
+	st, ok := w.Detach()
+	if !ok {
+		t.Fatal("Detach: watcher had ended")
+	}
+	<-done
+	if !errors.Is(w.Err(), ErrDetached) {
+		t.Fatalf("old watcher's Err %v, want ErrDetached", w.Err())
+	}
+	states := []WatcherState{st}
+	files, err := Carry([]*Watcher{w}, states)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) != 1 || states[0].Instance != 0 {
+		t.Fatalf("Carry: %d files, instance %d", len(files), states[0].Instance)
+	}
+	mk("between")
+	var b Pool
+	ws, err := b.Adopt(files, states)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nw := ws[0]
+	defer nw.Close()
+	mk("after")
+	if err := os.WriteFile(filepath.Join(dir, "newdir", "inner"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := collect(t, nw, 5*time.Second, func(evs []Event) bool { return has(evs, "after", Create) && has(evs, "newdir/inner", Create) })
+	time.Sleep(100 * time.Millisecond)
+	w.Close() // no-op after Detach; must not touch the carried watches
+	mk("last")
+	got = append(got, collect(t, nw, 5*time.Second, func(evs []Event) bool { return has(evs, "last", Create) })...)
+	count := map[string]int{}
+	for _, ev := range append(old, got...) {
+		if ev.Op == Create {
+			count[ev.Name]++
+		}
+	}
+	for _, n := range []string{"before", "frozen", "newdir", "between", "after", "newdir/inner", "last"} {
+		if count[n] != 1 {
+			t.Errorf("CREATE %s seen %d times (old %v, new %v)", n, count[n], old, got)
+		}
+	}
+	if !has(old, "before", Create) {
+		t.Errorf("the event read before the freeze did not come out of the old watcher: %v", old)
+	}
+}

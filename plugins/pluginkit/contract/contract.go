@@ -86,8 +86,13 @@ type Controllable interface {
 	// Shutdown ends the plugin's user-visible work before it is stopped.
 	Shutdown(ctx context.Context) error
 	// Handover prepares a hot-swap (see the control API's Handover): the
-	// plugin passes its work on and exits once its calls have finished.
-	Handover(ctx context.Context) error
+	// plugin passes its work on and exits once its calls have finished. A
+	// plugin that carries state to its successor answers it (and the
+	// number of fds it sent over its carry socket).
+	Handover(ctx context.Context) (*controlpb.HandoverResponse, error)
+	// TakeOver gives the plugin what its predecessor handed over, before
+	// it serves.
+	TakeOver(ctx context.Context, req *controlpb.TakeOverRequest) error
 	// HTTPSocket is the Unix socket of the plugin's plain HTTP server, or "".
 	HTTPSocket() string
 	// HandoffSocket takes whole client connections for that server, or "".
@@ -174,8 +179,19 @@ func (s *ControlServer) Shutdown(ctx context.Context, _ *controlpb.ShutdownReque
 }
 
 func (s *ControlServer) Handover(ctx context.Context, _ *controlpb.HandoverRequest) (*controlpb.HandoverResponse, error) {
-	if err := s.Target.Handover(ctx); err != nil {
+	res, err := s.Target.Handover(ctx)
+	if err != nil {
 		return nil, fmt.Errorf("%s: handover: %w", s.Name, err)
 	}
-	return &controlpb.HandoverResponse{}, nil
+	if res == nil {
+		res = &controlpb.HandoverResponse{}
+	}
+	return res, nil
+}
+
+func (s *ControlServer) TakeOver(ctx context.Context, req *controlpb.TakeOverRequest) (*controlpb.TakeOverResponse, error) {
+	if err := s.Target.TakeOver(ctx, req); err != nil {
+		return nil, fmt.Errorf("%s: take over: %w", s.Name, err)
+	}
+	return &controlpb.TakeOverResponse{}, nil
 }

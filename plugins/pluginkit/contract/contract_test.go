@@ -26,12 +26,13 @@ func (r *recorder) Configure(_ context.Context, cfg *controlpb.Config) error {
 	r.applied = append(r.applied, cfg.GetGeneration())
 	return nil
 }
-func (r *recorder) SnapshotPrepare(context.Context) error  { return nil }
-func (r *recorder) SnapshotRestored(context.Context) error { return nil }
-func (r *recorder) Handover(context.Context) error         { return nil }
-func (r *recorder) Shutdown(context.Context) error         { return nil }
-func (r *recorder) HTTPSocket() string                     { return "" }
-func (r *recorder) HandoffSocket() string                  { return "" }
+func (r *recorder) SnapshotPrepare(context.Context) error                         { return nil }
+func (r *recorder) SnapshotRestored(context.Context) error                        { return nil }
+func (r *recorder) Handover(context.Context) (*controlpb.HandoverResponse, error) { return nil, nil }
+func (r *recorder) TakeOver(context.Context, *controlpb.TakeOverRequest) error    { return nil }
+func (r *recorder) Shutdown(context.Context) error                                { return nil }
+func (r *recorder) HTTPSocket() string                                            { return "" }
+func (r *recorder) HandoffSocket() string                                         { return "" }
 
 // Two pushes that cross end with the newer config applied last, and one
 // older than what is applied is ignored.

@@ -44,7 +44,8 @@ func connClosing(err error) bool {
 }
 
 // once runs do on the plugin's client and converts its error; a first try
-// that never reached the plugin is made once more on the replacement.
+// that never reached the plugin, or that a plugin being replaced refused
+// without acting on it, is made once more on the replacement.
 // Errors of get (the plugin is down) come back unchanged.
 func once[C, T any](ctx context.Context, plugin string, get clientFunc[C], do func(C) (T, error)) (T, error) {
 	var stale grpc.ClientConnInterface
@@ -55,7 +56,7 @@ func once[C, T any](ctx context.Context, plugin string, get clientFunc[C], do fu
 			return zero, err
 		}
 		v, err := do(cl)
-		if attempt == 0 && undelivered(err) {
+		if attempt == 0 && (undelivered(err) || replaced(err)) {
 			stale = conn
 			continue
 		}
@@ -83,7 +84,7 @@ func serverStream[C, Req, Res any](ctx context.Context, plugin string, get clien
 		}
 		stream, err := call(cl, octx, req)
 		if err != nil {
-			if attempt == 0 && undelivered(err) {
+			if attempt == 0 && (undelivered(err) || replaced(err)) {
 				stale = conn
 				continue
 			}
@@ -96,7 +97,7 @@ func serverStream[C, Req, Res any](ctx context.Context, plugin string, get clien
 				return nil
 			}
 			if err != nil {
-				if !received && attempt == 0 && dialFailed(err) {
+				if !received && attempt == 0 && (dialFailed(err) || replaced(err)) {
 					stale = conn
 					break
 				}

@@ -45,10 +45,18 @@ func pluginGone(err error) bool {
 }
 
 // replaced reports whether a plugin being hot-swapped refused the call
-// without acting on it (process.ErrReplaced): its replacement takes it.
+// without acting on it (process.ErrReplaced, filesystem.ErrReplaced): its
+// replacement takes it.
 func replaced(err error) bool {
 	st, ok := status.FromError(err)
-	return ok && st.Code() == codes.Unavailable && st.Message() == "envd-proc is being replaced"
+	if !ok || st.Code() != codes.Unavailable {
+		return false
+	}
+	switch st.Message() {
+	case "envd-proc is being replaced", "envd-fs is being replaced":
+		return true
+	}
+	return false
 }
 
 // stopping reports whether a ConnFunc error says envd-init itself is stopping.

@@ -30,6 +30,7 @@ import (
 	"github.com/envd-project/envd/internal/logging"
 	"github.com/envd-project/envd/internal/memtrim"
 	"github.com/envd-project/envd/internal/users"
+	"github.com/envd-project/envd/plugins/pluginkit/carry"
 	"github.com/envd-project/envd/plugins/pluginkit/connectadapter"
 	"github.com/envd-project/envd/plugins/pluginkit/contract"
 	"github.com/envd-project/envd/plugins/pluginkit/defaults"
@@ -187,6 +188,18 @@ type Handoverer interface {
 	Handover(ctx context.Context) error
 }
 
+// Carrier is a Subsystem that carries state (and fds) to its successor
+// across a hot-swap (envd-fs: its polling watchers and their inotify
+// instances); see package carry.
+type Carrier interface {
+	// Carry stops the work that goes over and returns its state and the
+	// fds it needs; the caller closes the files once they are sent.
+	Carry(ctx context.Context) (state []byte, files []*os.File, err error)
+	// Resume takes over a predecessor's state and fds, before this plugin
+	// serves.
+	Resume(ctx context.Context, state []byte, files []*os.File) error
+}
+
 // controllable adds the Unix sockets of the plugin's HTTP server and the
 // hot-swap handover.
 type controllable struct {
@@ -194,6 +207,10 @@ type controllable struct {
 	socket, handoff string
 	// drain finishes every call and HTTP request, then lets the plugin exit.
 	drain func()
+	// carrySock sends fds to the successor (nil: none, as when started by
+	// hand); carried are the fds the predecessor sent.
+	carrySock *os.File
+	carried   *[]*os.File
 }
 
 // handoverDrain bounds how long a plugin being replaced waits for its
@@ -207,14 +224,72 @@ const (
 	handoverCalls = 2 * time.Second
 )
 
-func (c controllable) Handover(ctx context.Context) error {
-	var err error
-	if h, ok := c.Subsystem.(Handoverer); ok {
-		err = h.Handover(ctx)
-	}
+func (c controllable) Handover(ctx context.Context) (*controlpb.HandoverResponse, error) {
 	// After this call has been answered: the drain waits for it too.
-	go c.drain()
-	return err
+	defer func() { go c.drain() }()
+	if h, ok := c.Subsystem.(Handoverer); ok {
+		return nil, h.Handover(ctx)
+	}
+	cr, ok := c.Subsystem.(Carrier)
+	if !ok {
+		return nil, nil
+	}
+	state, files, err := cr.Carry(ctx)
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	if err != nil {
+		return nil, err
+	}
+	if len(files) > 0 {
+		if c.carrySock == nil {
+			return nil, errors.New("no carry socket: the state needs fds and cannot be handed over")
+		}
+		fds, err := fdNumbers(files)
+		if err != nil {
+			return nil, err
+		}
+		if err := carry.Send(c.carrySock, fds); err != nil {
+			return nil, err
+		}
+	}
+	return &controlpb.HandoverResponse{State: state, Fds: uint32(len(files))}, nil
+}
+
+// TakeOver hands the predecessor's state and the fds inherited with it to
+// a Carrier.
+func (c controllable) TakeOver(ctx context.Context, req *controlpb.TakeOverRequest) error {
+	files := *c.carried
+	*c.carried = nil
+	cr, ok := c.Subsystem.(Carrier)
+	if !ok || int(req.GetFds()) != len(files) {
+		for _, f := range files {
+			f.Close()
+		}
+		if !ok {
+			return errors.New("this plugin takes no state over")
+		}
+		return fmt.Errorf("%d fds announced, %d inherited", req.GetFds(), len(files))
+	}
+	return cr.Resume(ctx, req.GetState(), files)
+}
+
+// fdNumbers returns the fd numbers of files without switching them to
+// blocking mode (as (*os.File).Fd would).
+func fdNumbers(files []*os.File) ([]int, error) {
+	fds := make([]int, 0, len(files))
+	for _, f := range files {
+		rc, err := f.SyscallConn()
+		if err != nil {
+			return nil, fmt.Errorf("fd of %s: %w", f.Name(), err)
+		}
+		if err := rc.Control(func(fd uintptr) { fds = append(fds, int(fd)) }); err != nil {
+			return nil, fmt.Errorf("fd of %s: %w", f.Name(), err)
+		}
+	}
+	return fds, nil
 }
 
 func (c controllable) HTTPSocket() string    { return c.socket }
@@ -270,7 +345,8 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem, dbg *debugServer) 
 		grpcSrv  *grpc.Server
 		httpSrvs []*http.Server
 	)
-	ctl := controllable{Subsystem: sub}
+	carried := carry.Inherited()
+	ctl := controllable{Subsystem: sub, carrySock: carry.FromEnv(), carried: &carried}
 	var drainOnce sync.Once
 	ctl.drain = func() {
 		drainOnce.Do(func() {
