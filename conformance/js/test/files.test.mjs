@@ -48,6 +48,7 @@ before(async () => {
 
 after(async () => {
   if (base) await host.rm(base)
+  await host?.close()
 })
 
 // p makes a fresh path under the suite's base directory.

@@ -180,6 +180,8 @@ class LocalFS {
   // scratch is where the suite makes its fixtures.
   scratch = '/tmp'
 
+  async close() {}
+
   async mkdir(p, opts) { fs.mkdirSync(p, opts) }
   async writeFile(p, data, opts) { fs.writeFileSync(p, data, opts) }
   async readFile(p) { return fs.readFileSync(p) }
@@ -205,8 +207,8 @@ function q(s) {
   return `'${String(s).replaceAll("'", "'\\''")}'`
 }
 
-// A single argument to execve is capped at 128 KiB (MAX_ARG_STRLEN), and the
-// command travels as one (bash -l -c CMD): larger data goes in pieces.
+// Data travels as base64 lines of the shell's input, in pieces of a size
+// any read(2) of bash's takes comfortably.
 const B64_PIECE = 64 * 1024
 
 class RemoteFS {
@@ -215,15 +217,79 @@ class RemoteFS {
   // there, as WIRE §7.7 allows. /var/tmp is on the root ext4.
   scratch = '/var/tmp'
 
+  #sbx
+  #shell
+  #queue = Promise.resolve()
+  #n = 0
+
   constructor(sbx) {
-    this.sbx = sbx
+    this.#sbx = sbx
   }
 
-  // sh runs script as root in the guest; a non-zero exit rejects with the
-  // SDK's CommandExitError, whose message carries stderr.
-  async sh(script) {
-    const r = await this.sbx.commands.run(`set -e; ${script}`, { user: 'root', timeoutMs: 30_000, requestTimeoutMs: 30_000 })
-    return r.stdout
+  // sh runs script as root in the guest and returns its stdout; a non-zero
+  // exit rejects with its status and stderr. Every script runs in a subshell
+  // of one long-lived root bash fed through stdin: a commands.run each would
+  // cost a login shell's start, about a second on an emulated guest under
+  // load, and the suite makes some hundred such checks.
+  sh(script) {
+    const run = this.#queue.then(() => this.#exec(script))
+    this.#queue = run.catch(() => {})
+    return run
+  }
+
+  async close() {
+    const s = await this.#shell?.catch(() => undefined)
+    if (!s) return
+    this.#shell = undefined
+    // Its own exit, with its temp file gone; a kill if it does not come.
+    const exited = this.#sbx.commands.sendStdin(s.handle.pid, 'rm -f "$HOSTFS_ERR"; exit 0\n')
+      .then(() => withTimeout(s.handle.wait(), 10_000, 'the hostFS shell to exit'))
+    if (!(await settle(exited)).value) await s.handle.kill().catch(() => {})
+  }
+
+  async #start() {
+    const s = { out: '', waiter: undefined, ended: undefined }
+    s.handle = await this.#sbx.commands.run('exec bash --noprofile --norc', {
+      user: 'root', background: true, stdin: true, timeoutMs: 0,
+      onStdout: (d) => {
+        s.out += d
+        s.waiter?.()
+      },
+    })
+    s.handle.wait().then(
+      () => { s.ended = 'the hostFS shell exited' },
+      (e) => { s.ended = `the hostFS shell ended: ${e.message}` },
+    ).finally(() => s.waiter?.())
+    await this.#sbx.commands.sendStdin(s.handle.pid, 'HOSTFS_ERR=$(mktemp)\n')
+    return s
+  }
+
+  async #exec(script) {
+    const s = await (this.#shell ??= this.#start())
+    const n = ++this.#n
+    const mark = new RegExp(`\n@@hostfs-${n}-(\\d+)-([A-Za-z0-9+/=]*)@@\n`)
+    await this.#sbx.commands.sendStdin(s.handle.pid,
+      `( set -e\n${script}\n) </dev/null 2>"$HOSTFS_ERR"; rc=$?; ` +
+      `printf '\\n@@hostfs-${n}-%d-%s@@\\n' $rc "$(test $rc -eq 0 || base64 < "$HOSTFS_ERR" | tr -d '\\n')"\n`)
+    const deadline = Date.now() + 30_000
+    for (;;) {
+      const m = s.out.match(mark)
+      if (m) {
+        const stdout = s.out.slice(0, m.index)
+        s.out = s.out.slice(m.index + m[0].length)
+        if (m[1] !== '0') {
+          throw new Error(`hostFS: exit ${m[1]}: ${Buffer.from(m[2], 'base64').toString().trim()}: ${script.slice(0, 200)}`)
+        }
+        return stdout
+      }
+      if (s.ended) throw new Error(`${s.ended} before answering: ${script.slice(0, 200)}`)
+      const left = deadline - Date.now()
+      if (left <= 0) throw new Error(`hostFS: no answer within 30 s: ${script.slice(0, 200)}`)
+      await new Promise((resolve) => {
+        const t = setTimeout(resolve, left)
+        s.waiter = () => { clearTimeout(t); resolve() }
+      })
+    }
   }
 
   async mkdir(p, { mode, recursive } = {}) {
