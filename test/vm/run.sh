@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make vm-test: boots the envd bundle as PID 1 of a QEMU microvm (TCG, no
 # KVM unless VM_KVM=1) and drives it through the forwarded port: the E2B JS
-# SDK's process conformance suite, PID-1 and cgroup checks, a whole-VM
+# SDK's process and filesystem conformance suites, PID-1 and cgroup checks, a whole-VM
 # snapshot and restore, and a clean poweroff. Everything that needs the
 # network (apt, npm) happens here; the VMs and the SDK run in a network
 # namespace of this test's own, so its 127.0.0.1:49983 clashes with nothing.

@@ -1,12 +1,13 @@
 // Filesystem service and /files conformance through the real E2B JS SDK.
-// Expected values come from shared/spec/WIRE.md §6 and §7.6–7.7. envd runs on
-// this host, so fixtures are made and results checked with node:fs directly:
-// these tests do not depend on the process service.
+// Expected values come from shared/spec/WIRE.md §6 and §7.6–7.7. Fixtures are
+// made and results checked through hostFS (helpers.mjs), never through the
+// filesystem service: with node:fs where envd runs on this host (then these
+// tests do not depend on the process service), with a root shell run through
+// commands.run where it runs in a VM (ENVD_CONFORMANCE_REMOTE=1, make vm-test).
 
 import { describe, test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { createHash, randomBytes } from 'node:crypto'
-import fs from 'node:fs'
 import path from 'node:path'
 
 import {
@@ -21,6 +22,7 @@ import {
   TEST_USER,
   connectSandbox,
   groupName,
+  hostFS,
   passwd,
   settle,
   sleep,
@@ -31,19 +33,22 @@ import {
 const T = { timeout: 30_000 }
 
 let sbx
+let host
 let base
 let userPw
 
 before(async () => {
   sbx = await connectSandbox()
+  host = hostFS(sbx)
   userPw = passwd(TEST_USER)
   assert.ok(userPw, `user '${TEST_USER}' must exist in /etc/passwd (run.sh creates it)`)
-  base = path.join('/tmp', uniqueName('envd-conf-fs'))
-  fs.mkdirSync(base, { mode: 0o755 })
+  base = path.join(host.scratch, uniqueName('envd-conf-fs'))
+  await host.mkdir(base, { mode: 0o755 })
 })
 
-after(() => {
-  if (base) fs.rmSync(base, { recursive: true, force: true })
+after(async () => {
+  if (base) await host.rm(base)
+  await host?.close()
 })
 
 // p makes a fresh path under the suite's base directory.
@@ -107,7 +112,7 @@ describe('files.write / files.read', () => {
     assert.equal(info.path, f)
     assert.equal(info.name, path.basename(f))
     assert.equal(info.type, 'file')
-    assert.equal(fs.readFileSync(f, 'utf8'), 'hello wörld\n')
+    assert.equal(await host.readText(f), 'hello wörld\n')
     assert.equal(await sbx.files.read(f), 'hello wörld\n')
   })
 
@@ -115,7 +120,7 @@ describe('files.write / files.read', () => {
     const f = fresh('bytes')
     const data = randomBytes(256 * 1024 + 17)
     await sbx.files.write(f, data.buffer.slice(data.byteOffset, data.byteOffset + data.length))
-    assert.equal(sha256(fs.readFileSync(f)), sha256(data))
+    assert.equal(await host.sha256(f), sha256(data))
     const bytes = await sbx.files.read(f, { format: 'bytes' })
     assert.ok(bytes instanceof Uint8Array)
     assert.equal(bytes.length, data.length)
@@ -130,7 +135,7 @@ describe('files.write / files.read', () => {
     const f = fresh('blob')
     const blob = new Blob(['head-', new Uint8Array([0, 1, 2, 255]), '-tail'])
     await sbx.files.write(f, blob)
-    assert.deepEqual(fs.readFileSync(f), Buffer.concat([Buffer.from('head-'), Buffer.from([0, 1, 2, 255]), Buffer.from('-tail')]))
+    assert.deepEqual(await host.readFile(f), Buffer.concat([Buffer.from('head-'), Buffer.from([0, 1, 2, 255]), Buffer.from('-tail')]))
   })
 
   test('ReadableStream upload (octet-stream) and stream download of 6 MiB', T, async () => {
@@ -138,8 +143,8 @@ describe('files.write / files.read', () => {
     const data = randomBytes(6 * 1024 * 1024)
     const info = await sbx.files.write(f, streamOf(data))
     assert.equal(info.path, f)
-    assert.equal(fs.statSync(f).size, data.length)
-    assert.equal(sha256(fs.readFileSync(f)), sha256(data))
+    assert.equal((await host.stat(f)).size, data.length)
+    assert.equal(await host.sha256(f), sha256(data))
     const stream = await sbx.files.read(f, { format: 'stream' })
     const back = await collect(stream)
     assert.equal(back.length, data.length)
@@ -150,21 +155,21 @@ describe('files.write / files.read', () => {
     const f = fresh('octet')
     const info = await sbx.files.write(f, 'raw body', { useOctetStream: true })
     assert.equal(info.path, f)
-    assert.equal(fs.readFileSync(f, 'utf8'), 'raw body')
+    assert.equal(await host.readText(f), 'raw body')
   })
 
   test('overwrite truncates', T, async () => {
     const f = fresh('over')
     await sbx.files.write(f, 'a much longer first content')
     await sbx.files.write(f, 'short')
-    assert.equal(fs.readFileSync(f, 'utf8'), 'short')
+    assert.equal(await host.readText(f), 'short')
     assert.equal(await sbx.files.read(f), 'short')
   })
 
   test('empty file', T, async () => {
     const f = fresh('empty')
     await sbx.files.write(f, '')
-    assert.equal(fs.statSync(f).size, 0)
+    assert.equal((await host.stat(f)).size, 0)
     assert.equal(await sbx.files.read(f), '')
     assert.equal((await sbx.files.read(f, { format: 'bytes' })).length, 0)
   })
@@ -173,8 +178,8 @@ describe('files.write / files.read', () => {
     const dir = fresh('parents')
     const f = path.join(dir, 'a', 'b', 'c.txt')
     await sbx.files.write(f, 'deep')
-    assert.equal(fs.readFileSync(f, 'utf8'), 'deep')
-    assert.ok(fs.statSync(path.join(dir, 'a', 'b')).isDirectory())
+    assert.equal(await host.readText(f), 'deep')
+    assert.ok((await host.stat(path.join(dir, 'a', 'b'))).isDirectory())
   })
 
   test('several files at once (multipart)', T, async () => {
@@ -192,9 +197,9 @@ describe('files.write / files.read', () => {
       assert.equal(i.type, 'file')
       assert.equal(i.name, path.basename(i.path))
     }
-    assert.equal(fs.readFileSync(files[0].path, 'utf8'), 'first')
-    assert.deepEqual(fs.readFileSync(files[1].path), bin)
-    assert.equal(fs.readFileSync(files[2].path, 'utf8'), 'third')
+    assert.equal(await host.readText(files[0].path), 'first')
+    assert.deepEqual(await host.readFile(files[1].path), bin)
+    assert.equal(await host.readText(files[2].path), 'third')
   })
 
   test('several streamed files at once (one octet-stream request each)', T, async () => {
@@ -206,8 +211,8 @@ describe('files.write / files.read', () => {
       { path: path.join(dir, 'b'), data: streamOf(b) },
     ])
     assert.deepEqual(infos.map((i) => i.path).sort(), [path.join(dir, 'a'), path.join(dir, 'b')])
-    assert.deepEqual(fs.readFileSync(path.join(dir, 'a')), a)
-    assert.deepEqual(fs.readFileSync(path.join(dir, 'b')), b)
+    assert.deepEqual(await host.readFile(path.join(dir, 'a')), a)
+    assert.deepEqual(await host.readFile(path.join(dir, 'b')), b)
   })
 
   test('gzip upload and gzip download', T, async () => {
@@ -215,7 +220,7 @@ describe('files.write / files.read', () => {
     const text = 'compressible line of text\n'.repeat(50_000)
     const info = await sbx.files.write(f, text, { gzip: true })
     assert.equal(info.path, f)
-    assert.equal(fs.readFileSync(f, 'utf8'), text, 'the file on disk holds the decompressed bytes')
+    assert.equal(await host.readText(f), text, 'the file on disk holds the decompressed bytes')
     assert.equal(await sbx.files.read(f, { gzip: true }), text)
     const bytes = await sbx.files.read(f, { gzip: true, format: 'bytes' })
     assert.equal(Buffer.from(bytes).toString('utf8'), text)
@@ -225,7 +230,7 @@ describe('files.write / files.read', () => {
     const f = fresh('gzipstream')
     const data = randomBytes(500_000)
     await sbx.files.write(f, streamOf(data), { gzip: true })
-    assert.equal(sha256(fs.readFileSync(f)), sha256(data))
+    assert.equal(await host.sha256(f), sha256(data))
   })
 
   test('relative paths resolve against the home of the user', T, async () => {
@@ -234,16 +239,16 @@ describe('files.write / files.read', () => {
     try {
       const info = await sbx.files.write(name, 'root-rel')
       assert.equal(info.path, path.join(root.home, name))
-      assert.equal(fs.readFileSync(path.join(root.home, name), 'utf8'), 'root-rel')
+      assert.equal(await host.readText(path.join(root.home, name)), 'root-rel')
       assert.equal(await sbx.files.read(`~/${name}`), 'root-rel')
 
       const uinfo = await sbx.files.write(`~/${name}`, 'user-rel', { user: TEST_USER })
       assert.equal(uinfo.path, path.join(userPw.home, name))
-      assert.equal(fs.readFileSync(path.join(userPw.home, name), 'utf8'), 'user-rel')
+      assert.equal(await host.readText(path.join(userPw.home, name)), 'user-rel')
       assert.equal(await sbx.files.read(name, { user: TEST_USER }), 'user-rel')
     } finally {
-      fs.rmSync(path.join(root.home, name), { force: true })
-      fs.rmSync(path.join(userPw.home, name), { force: true })
+      await host.rm(path.join(root.home, name))
+      await host.rm(path.join(userPw.home, name))
     }
   })
 
@@ -258,18 +263,18 @@ describe('files.write / files.read', () => {
 
   test('writing onto a directory is InvalidArgumentError', T, async () => {
     const d = fresh('isdir')
-    fs.mkdirSync(d)
+    await host.mkdir(d)
     await assertRejects(sbx.files.write(d, 'x'), InvalidArgumentError, /is a directory/)
-    assert.ok(fs.statSync(d).isDirectory())
+    assert.ok((await host.stat(d)).isDirectory())
   })
 
   test('writing below a regular file fails with a server error and creates nothing', T, async () => {
     const f = fresh('parentfile')
-    fs.writeFileSync(f, 'plain')
+    await host.writeFile(f, 'plain')
     const { error } = await settle(sbx.files.write(path.join(f, 'child.txt'), 'x'))
     assert.ok(error instanceof SandboxError, `expected SandboxError, got ${error}`)
     assert.match(error.message, /^500: /)
-    assert.equal(fs.readFileSync(f, 'utf8'), 'plain')
+    assert.equal(await host.readText(f), 'plain')
   })
 
   test('~otheruser paths are InvalidArgumentError', T, async () => {
@@ -278,7 +283,7 @@ describe('files.write / files.read', () => {
 
   test('an unknown user is AuthenticationError for read and write', T, async () => {
     const f = fresh('nouser')
-    fs.writeFileSync(f, 'x')
+    await host.writeFile(f, 'x')
     await assertRejects(sbx.files.read(f, { user: 'no-such-user-envd' }), AuthenticationError)
     await assertRejects(sbx.files.write(fresh('nouser'), 'x', { user: 'no-such-user-envd' }), AuthenticationError)
   })
@@ -286,12 +291,12 @@ describe('files.write / files.read', () => {
 
 describe('list / exists / getInfo', () => {
   let tree
-  before(() => {
+  before(async () => {
     tree = fresh('tree')
-    fs.mkdirSync(path.join(tree, 'sub', 'deep'), { recursive: true })
-    fs.writeFileSync(path.join(tree, 'a.txt'), 'aaa')
-    fs.writeFileSync(path.join(tree, 'sub', 'b.txt'), 'bb')
-    fs.writeFileSync(path.join(tree, 'sub', 'deep', 'c.txt'), 'c')
+    await host.mkdir(path.join(tree, 'sub', 'deep'), { recursive: true })
+    await host.writeFile(path.join(tree, 'a.txt'), 'aaa')
+    await host.writeFile(path.join(tree, 'sub', 'b.txt'), 'bb')
+    await host.writeFile(path.join(tree, 'sub', 'deep', 'c.txt'), 'c')
   })
 
   test('list with depth 1, 2 and 3', T, async () => {
@@ -313,16 +318,16 @@ describe('list / exists / getInfo', () => {
 
   test('list through a symlinked directory reports paths under the link', T, async () => {
     const link = fresh('treelink')
-    fs.symlinkSync(tree, link)
+    await host.symlink(tree, link)
     const entries = await sbx.files.list(link)
     assert.deepEqual(entries.map((e) => e.path).sort(), [path.join(link, 'a.txt'), path.join(link, 'sub')])
   })
 
   test('list does not descend into symlinked subdirectories; the link is listed as its target type', T, async () => {
     const dir = fresh('listlinks')
-    fs.mkdirSync(dir)
-    fs.symlinkSync(path.join(tree, 'sub'), path.join(dir, 'linked-sub'))
-    fs.writeFileSync(path.join(dir, 'plain.txt'), 'p')
+    await host.mkdir(dir)
+    await host.symlink(path.join(tree, 'sub'), path.join(dir, 'linked-sub'))
+    await host.writeFile(path.join(dir, 'plain.txt'), 'p')
     const entries = await sbx.files.list(dir, { depth: 3 })
     assert.deepEqual(entries.map((e) => e.name).sort(), ['linked-sub', 'plain.txt'])
     const link = entries.find((e) => e.name === 'linked-sub')
@@ -345,8 +350,8 @@ describe('list / exists / getInfo', () => {
 
   test('getInfo of a file matches lstat', T, async () => {
     const f = path.join(tree, 'a.txt')
-    fs.chmodSync(f, 0o640)
-    const st = fs.lstatSync(f, { bigint: true })
+    await host.chmod(f, 0o640)
+    const st = await host.lstat(f)
     const e = await sbx.files.getInfo(f)
     assert.equal(e.name, 'a.txt')
     assert.equal(e.path, f)
@@ -364,7 +369,7 @@ describe('list / exists / getInfo', () => {
 
   test('getInfo of a directory', T, async () => {
     const d = path.join(tree, 'sub')
-    fs.chmodSync(d, 0o755)
+    await host.chmod(d, 0o755)
     const e = await sbx.files.getInfo(d)
     assert.equal(e.type, 'dir')
     assert.equal(e.name, 'sub')
@@ -374,9 +379,9 @@ describe('list / exists / getInfo', () => {
 
   test('getInfo of a symlink: type and mode of the target, L permissions, resolved symlinkTarget', T, async () => {
     const target = path.join(tree, 'sub', 'b.txt')
-    fs.chmodSync(target, 0o600)
+    await host.chmod(target, 0o600)
     const link = fresh('filelink')
-    fs.symlinkSync(target, link)
+    await host.symlink(target, link)
     const e = await sbx.files.getInfo(link)
     assert.equal(e.name, path.basename(link))
     assert.equal(e.path, link)
@@ -389,10 +394,10 @@ describe('list / exists / getInfo', () => {
 
   test('getInfo of a relative symlink chain resolves to the final absolute target', T, async () => {
     const dir = fresh('chain')
-    fs.mkdirSync(dir)
-    fs.writeFileSync(path.join(dir, 'real.txt'), 'r')
-    fs.symlinkSync('real.txt', path.join(dir, 'l1'))
-    fs.symlinkSync('l1', path.join(dir, 'l2'))
+    await host.mkdir(dir)
+    await host.writeFile(path.join(dir, 'real.txt'), 'r')
+    await host.symlink('real.txt', path.join(dir, 'l1'))
+    await host.symlink('l1', path.join(dir, 'l2'))
     const e = await sbx.files.getInfo(path.join(dir, 'l2'))
     assert.equal(e.type, 'file')
     assert.equal(e.symlinkTarget, path.join(dir, 'real.txt'))
@@ -400,7 +405,7 @@ describe('list / exists / getInfo', () => {
 
   test('getInfo of a symlink to a directory is type dir', T, async () => {
     const link = fresh('dirlink')
-    fs.symlinkSync(path.join(tree, 'sub'), link)
+    await host.symlink(path.join(tree, 'sub'), link)
     const e = await sbx.files.getInfo(link)
     assert.equal(e.type, 'dir')
     assert.equal(e.symlinkTarget, path.join(tree, 'sub'))
@@ -409,7 +414,7 @@ describe('list / exists / getInfo', () => {
 
   test('getInfo of a dangling symlink: no type, symlinkTarget is the link itself', T, async () => {
     const link = fresh('dangling')
-    fs.symlinkSync(path.join(base, 'does-not-exist'), link)
+    await host.symlink(path.join(base, 'does-not-exist'), link)
     const e = await sbx.files.getInfo(link)
     assert.equal(e.type, undefined)
     assert.equal(e.symlinkTarget, link)
@@ -442,52 +447,52 @@ describe('makeDir / rename / remove', () => {
   test('makeDir creates all components, then returns false', T, async () => {
     const d = path.join(fresh('mk'), 'x', 'y')
     assert.equal(await sbx.files.makeDir(d), true)
-    assert.ok(fs.statSync(d).isDirectory())
-    assert.equal(fs.statSync(d).mode & 0o777, 0o755)
+    assert.ok((await host.stat(d)).isDirectory())
+    assert.equal((await host.stat(d)).mode & 0o777, 0o755)
     assert.equal(await sbx.files.makeDir(d), false)
     assert.equal((await sbx.files.getInfo(d)).type, 'dir')
   })
 
   test('makeDir over a file is InvalidArgumentError', T, async () => {
     const f = fresh('mkfile')
-    fs.writeFileSync(f, 'x')
+    await host.writeFile(f, 'x')
     await assertRejects(sbx.files.makeDir(f), InvalidArgumentError)
   })
 
   test('rename a file: content moves, source disappears, entry of destination returned', T, async () => {
     const src = fresh('src')
     const dst = fresh('dst')
-    fs.writeFileSync(src, 'moving')
+    await host.writeFile(src, 'moving')
     const e = await sbx.files.rename(src, dst)
     assert.equal(e.path, dst)
     assert.equal(e.name, path.basename(dst))
     assert.equal(e.type, 'file')
     assert.equal(e.size, 6)
-    assert.equal(fs.existsSync(src), false)
-    assert.equal(fs.readFileSync(dst, 'utf8'), 'moving')
+    assert.equal(await host.exists(src), false)
+    assert.equal(await host.readText(dst), 'moving')
   })
 
   test('rename into missing parents and over an existing file', T, async () => {
     const src = fresh('src2')
-    fs.writeFileSync(src, 'new')
+    await host.writeFile(src, 'new')
     const dst = path.join(fresh('newparent'), 'p', 'q.txt')
     await sbx.files.rename(src, dst)
-    assert.equal(fs.readFileSync(dst, 'utf8'), 'new')
+    assert.equal(await host.readText(dst), 'new')
 
     const src3 = fresh('src3')
-    fs.writeFileSync(src3, 'winner')
+    await host.writeFile(src3, 'winner')
     await sbx.files.rename(src3, dst)
-    assert.equal(fs.readFileSync(dst, 'utf8'), 'winner')
+    assert.equal(await host.readText(dst), 'winner')
   })
 
   test('rename a directory', T, async () => {
     const src = fresh('dsrc')
-    fs.mkdirSync(path.join(src, 'in'), { recursive: true })
-    fs.writeFileSync(path.join(src, 'in', 'f'), 'f')
+    await host.mkdir(path.join(src, 'in'), { recursive: true })
+    await host.writeFile(path.join(src, 'in', 'f'), 'f')
     const dst = fresh('ddst')
     const e = await sbx.files.rename(src, dst)
     assert.equal(e.type, 'dir')
-    assert.equal(fs.readFileSync(path.join(dst, 'in', 'f'), 'utf8'), 'f')
+    assert.equal(await host.readText(path.join(dst, 'in', 'f')), 'f')
   })
 
   test('rename of a missing source is FileNotFoundError', T, async () => {
@@ -496,15 +501,15 @@ describe('makeDir / rename / remove', () => {
 
   test('remove a file, a directory tree, and a missing path (success)', T, async () => {
     const f = fresh('rmf')
-    fs.writeFileSync(f, 'x')
+    await host.writeFile(f, 'x')
     await sbx.files.remove(f)
-    assert.equal(fs.existsSync(f), false)
+    assert.equal(await host.exists(f), false)
 
     const d = fresh('rmd')
-    fs.mkdirSync(path.join(d, 'a', 'b'), { recursive: true })
-    fs.writeFileSync(path.join(d, 'a', 'b', 'c'), 'x')
+    await host.mkdir(path.join(d, 'a', 'b'), { recursive: true })
+    await host.writeFile(path.join(d, 'a', 'b', 'c'), 'x')
     await sbx.files.remove(d)
-    assert.equal(fs.existsSync(d), false)
+    assert.equal(await host.exists(d), false)
 
     await sbx.files.remove(fresh('never-existed'))
   })
@@ -516,7 +521,7 @@ describe(`ownership as user '${TEST_USER}'`, () => {
     const f = path.join(dir, 'sub', 'file.txt')
     await sbx.files.write(f, 'mine', { user: TEST_USER })
     for (const x of [f, path.join(dir, 'sub'), dir]) {
-      const st = fs.statSync(x)
+      const st = await host.stat(x)
       assert.equal(st.uid, userPw.uid, `${x} uid`)
       assert.equal(st.gid, userPw.gid, `${x} gid`)
     }
@@ -530,13 +535,13 @@ describe(`ownership as user '${TEST_USER}'`, () => {
   // chown of whatever a planted link led to gave the user root's files).
   test('write as user over a root-owned file writes it in place and keeps its owner', T, async () => {
     const f = fresh('chown')
-    fs.writeFileSync(f, 'root was here')
-    const ino = fs.statSync(f).ino
+    await host.writeFile(f, 'root was here')
+    const ino = (await host.stat(f)).ino
     await sbx.files.write(f, 'user now', { user: TEST_USER })
-    const st = fs.statSync(f)
+    const st = await host.stat(f)
     assert.equal(st.uid, 0)
     assert.equal(st.ino, ino)
-    assert.equal(fs.readFileSync(f, 'utf8'), 'user now')
+    assert.equal(await host.readText(f), 'user now')
   })
 
   // Issue 12: a symlink the user planted never leads a write as the user
@@ -544,31 +549,30 @@ describe(`ownership as user '${TEST_USER}'`, () => {
   // target); reading a FIFO is refused instead of hanging.
   test('write as user through a planted symlink into a root-only directory is refused, nothing changes', T, async () => {
     const vdir = fresh('victim')
-    fs.mkdirSync(vdir, { mode: 0o700 })
+    await host.mkdir(vdir, { mode: 0o700 })
     const secret = path.join(vdir, 'secret')
-    fs.writeFileSync(secret, 'top secret', { mode: 0o600 })
+    await host.writeFile(secret, 'top secret', { mode: 0o600 })
     const udir = fresh('uhome')
-    fs.mkdirSync(udir, { mode: 0o755 })
-    fs.chownSync(udir, userPw.uid, userPw.gid)
+    await host.mkdir(udir, { mode: 0o755 })
+    await host.chown(udir, userPw.uid, userPw.gid)
     const link = path.join(udir, 'innocent.txt')
-    fs.symlinkSync(secret, link)
+    await host.symlink(secret, link)
     await assertRejects(sbx.files.write(link, 'pwned', { user: TEST_USER }), SandboxError, /403: permission denied/)
-    assert.equal(fs.readFileSync(secret, 'utf8'), 'top secret')
-    assert.equal(fs.statSync(secret).uid, 0)
+    assert.equal(await host.readText(secret), 'top secret')
+    assert.equal((await host.stat(secret)).uid, 0)
     const linkdir = path.join(udir, 'linkdir')
-    fs.symlinkSync(vdir, linkdir)
+    await host.symlink(vdir, linkdir)
     await assertRejects(sbx.files.makeDir(path.join(linkdir, 'd'), { user: TEST_USER }), SandboxError, /permission denied/)
     await assertRejects(sbx.files.write(path.join(linkdir, 'new.txt'), 'pwned', { user: TEST_USER }), SandboxError, /403/)
-    assert.deepEqual(fs.readdirSync(vdir), ['secret'])
+    assert.deepEqual(await host.readdir(vdir), ['secret'])
     // Root writes through links as before.
     await sbx.files.write(link, 'by root', { user: 'root' })
-    assert.equal(fs.readFileSync(secret, 'utf8'), 'by root')
+    assert.equal(await host.readText(secret), 'by root')
   })
 
   test('reading a FIFO is InvalidArgumentError at once', T, async () => {
     const f = fresh('fifo')
-    const { execFileSync } = await import('node:child_process')
-    execFileSync('mkfifo', [f])
+    await host.mkfifo(f)
     await assertRejects(sbx.files.read(f), InvalidArgumentError, /is not a regular file/)
   })
 
@@ -577,17 +581,17 @@ describe(`ownership as user '${TEST_USER}'`, () => {
     await sbx.files.write(f, 'root')
     const e = await sbx.files.getInfo(f)
     assert.equal(e.owner, 'root')
-    assert.equal(fs.statSync(f).uid, 0)
+    assert.equal((await host.stat(f)).uid, 0)
   })
 
   test('makeDir as user: every new component belongs to the user, existing ones stay', T, async () => {
     const top = fresh('umk')
-    fs.mkdirSync(top)
+    await host.mkdir(top)
     const d = path.join(top, 'a', 'b')
     assert.equal(await sbx.files.makeDir(d, { user: TEST_USER }), true)
-    assert.equal(fs.statSync(top).uid, 0)
-    assert.equal(fs.statSync(path.join(top, 'a')).uid, userPw.uid)
-    assert.equal(fs.statSync(d).uid, userPw.uid)
+    assert.equal((await host.stat(top)).uid, 0)
+    assert.equal((await host.stat(path.join(top, 'a'))).uid, userPw.uid)
+    assert.equal((await host.stat(d)).uid, userPw.uid)
     const e = await sbx.files.getInfo(d)
     assert.equal(e.owner, TEST_USER)
   })
@@ -595,24 +599,24 @@ describe(`ownership as user '${TEST_USER}'`, () => {
   test('read as user of a file in its home via ~', T, async () => {
     const name = uniqueName('uread')
     const f = path.join(userPw.home, name)
-    fs.writeFileSync(f, 'home file')
+    await host.writeFile(f, 'home file')
     try {
       assert.equal(await sbx.files.read(`~/${name}`, { user: TEST_USER }), 'home file')
       assert.equal((await sbx.files.getInfo(`~/${name}`, { user: TEST_USER })).path, f)
     } finally {
-      fs.rmSync(f, { force: true })
+      await host.rm(f)
     }
   })
 
   test('an empty path is the user\'s home (no default workdir set), .. is cleaned lexically', T, async () => {
     assert.equal((await sbx.files.getInfo('', { user: TEST_USER })).path, userPw.home)
     const name = uniqueName('emptypath')
-    fs.writeFileSync(path.join(userPw.home, name), 'x')
+    await host.writeFile(path.join(userPw.home, name), 'x')
     try {
       const names = (await sbx.files.list('', { user: TEST_USER })).map((e) => e.name)
       assert.ok(names.includes(name), `listing of '' must be ${userPw.home}; got ${JSON.stringify(names)}`)
     } finally {
-      fs.rmSync(path.join(userPw.home, name), { force: true })
+      await host.rm(path.join(userPw.home, name))
     }
     const up = path.relative(userPw.home, '/tmp')
     assert.equal((await sbx.files.getInfo(up, { user: TEST_USER })).path, '/tmp')
@@ -620,13 +624,13 @@ describe(`ownership as user '${TEST_USER}'`, () => {
 
   test('rename as user: created destination parents belong to the user', T, async () => {
     const src = fresh('urensrc')
-    fs.writeFileSync(src, 'r')
+    await host.writeFile(src, 'r')
     const top = fresh('urendst')
     const dst = path.join(top, 'd', 'moved.txt')
     await sbx.files.rename(src, dst, { user: TEST_USER })
-    assert.equal(fs.readFileSync(dst, 'utf8'), 'r')
-    assert.equal(fs.statSync(top).uid, userPw.uid)
-    assert.equal(fs.statSync(path.join(top, 'd')).uid, userPw.uid)
+    assert.equal(await host.readText(dst), 'r')
+    assert.equal((await host.stat(top)).uid, userPw.uid)
+    assert.equal((await host.stat(path.join(top, 'd'))).uid, userPw.uid)
   })
 
   test('RPCs with an unknown user are AuthenticationError', T, async () => {
@@ -638,7 +642,7 @@ describe('uploadUrl / downloadUrl (plain HTTP on /files)', () => {
   test('downloadUrl serves the file with length, disposition and ranges', T, async () => {
     const f = fresh('dl')
     const data = Buffer.from('0123456789abcdefghij')
-    fs.writeFileSync(f, data)
+    await host.writeFile(f, data)
     const url = await sbx.downloadUrl(f)
     assert.equal(new URL(url).searchParams.get('path'), f)
 
@@ -665,7 +669,7 @@ describe('uploadUrl / downloadUrl (plain HTTP on /files)', () => {
   test('downloadUrl with Accept-Encoding: gzip answers gzip', T, async () => {
     const f = fresh('dlgz')
     const text = 'gzip me please\n'.repeat(1000)
-    fs.writeFileSync(f, text)
+    await host.writeFile(f, text)
     const res = await fetch(await sbx.downloadUrl(f), { headers: { 'Accept-Encoding': 'gzip' } })
     assert.equal(res.status, 200)
     assert.equal(res.headers.get('content-encoding'), 'gzip')
@@ -691,8 +695,8 @@ describe('uploadUrl / downloadUrl (plain HTTP on /files)', () => {
     assert.equal(res.status, 200)
     const infos = await res.json()
     assert.deepEqual(infos, [{ path: f, name: 'up.txt', type: 'file' }])
-    assert.equal(fs.readFileSync(f, 'utf8'), 'uploaded via url')
-    assert.equal(fs.statSync(f).uid, userPw.uid)
+    assert.equal(await host.readText(f), 'uploaded via url')
+    assert.equal((await host.stat(f)).uid, userPw.uid)
   })
 })
 
@@ -711,18 +715,18 @@ describe('watchDir', () => {
 
   test('create, write, chmod, rename and remove in the watched directory', T, async () => {
     const dir = fresh('watch')
-    fs.mkdirSync(dir)
+    await host.mkdir(dir)
     const { events, handle, waitEvent } = await watch(dir)
     try {
-      fs.writeFileSync(path.join(dir, 'f.txt'), 'data')
+      await host.writeFile(path.join(dir, 'f.txt'), 'data')
       await waitEvent('create', 'f.txt')
       await waitEvent('write', 'f.txt')
-      fs.chmodSync(path.join(dir, 'f.txt'), 0o600)
+      await host.chmod(path.join(dir, 'f.txt'), 0o600)
       await waitEvent('chmod', 'f.txt')
-      fs.renameSync(path.join(dir, 'f.txt'), path.join(dir, 'g.txt'))
+      await host.rename(path.join(dir, 'f.txt'), path.join(dir, 'g.txt'))
       await waitEvent('rename', 'f.txt')
       await waitEvent('create', 'g.txt')
-      fs.rmSync(path.join(dir, 'g.txt'))
+      await host.rm(path.join(dir, 'g.txt'))
       await waitEvent('remove', 'g.txt')
       for (const e of events) assert.equal(e.entry, undefined, 'no entry without includeEntry')
     } finally {
@@ -732,12 +736,12 @@ describe('watchDir', () => {
 
   test('non-recursive watch ignores subdirectories', T, async () => {
     const dir = fresh('watchflat')
-    fs.mkdirSync(path.join(dir, 'sub'), { recursive: true })
+    await host.mkdir(path.join(dir, 'sub'), { recursive: true })
     const { events, handle, waitEvent } = await watch(dir)
     try {
-      fs.writeFileSync(path.join(dir, 'sub', 'hidden.txt'), 'x')
+      await host.writeFile(path.join(dir, 'sub', 'hidden.txt'), 'x')
       await sleep(200)
-      fs.writeFileSync(path.join(dir, 'marker'), 'x')
+      await host.writeFile(path.join(dir, 'marker'), 'x')
       await waitEvent('create', 'marker')
       assert.ok(!events.some((e) => e.name.includes('hidden')), `unexpected events ${JSON.stringify(events)}`)
     } finally {
@@ -747,15 +751,15 @@ describe('watchDir', () => {
 
   test('recursive watch reports paths relative to the root, also in new subdirectories', T, async () => {
     const dir = fresh('watchrec')
-    fs.mkdirSync(path.join(dir, 'old'), { recursive: true })
+    await host.mkdir(path.join(dir, 'old'), { recursive: true })
     const { handle, waitEvent } = await watch(dir, { recursive: true })
     try {
-      fs.writeFileSync(path.join(dir, 'old', 'a.txt'), 'x')
+      await host.writeFile(path.join(dir, 'old', 'a.txt'), 'x')
       await waitEvent('create', 'old/a.txt')
-      fs.mkdirSync(path.join(dir, 'new'))
+      await host.mkdir(path.join(dir, 'new'))
       await waitEvent('create', 'new')
       await sleep(300)
-      fs.writeFileSync(path.join(dir, 'new', 'b.txt'), 'y')
+      await host.writeFile(path.join(dir, 'new', 'b.txt'), 'y')
       await waitEvent('create', 'new/b.txt')
       await waitEvent('write', 'new/b.txt')
     } finally {
@@ -765,11 +769,11 @@ describe('watchDir', () => {
 
   test('includeEntry attaches entry info to create/write events, never to remove', T, async () => {
     const dir = fresh('watchentry')
-    fs.mkdirSync(dir)
+    await host.mkdir(dir)
     const { handle, waitEvent } = await watch(dir, { includeEntry: true })
     try {
       const f = path.join(dir, 'e.txt')
-      fs.writeFileSync(f, 'hello')
+      await host.writeFile(f, 'hello')
       const created = await waitEvent('create', 'e.txt')
       assert.ok(created.entry, 'create event carries an entry')
       assert.equal(created.entry.name, 'e.txt')
@@ -777,7 +781,7 @@ describe('watchDir', () => {
       assert.equal(created.entry.type, 'file')
       const written = await waitEvent('write', 'e.txt')
       assert.ok(written.entry, 'write event carries an entry')
-      fs.rmSync(f)
+      await host.rm(f)
       const removed = await waitEvent('remove', 'e.txt')
       assert.equal(removed.entry, undefined)
     } finally {
@@ -787,7 +791,7 @@ describe('watchDir', () => {
 
   test('events made through the SDK are seen (write via files.write)', T, async () => {
     const dir = fresh('watchsdk')
-    fs.mkdirSync(dir)
+    await host.mkdir(dir)
     const { handle, waitEvent } = await watch(dir)
     try {
       await sbx.files.write(path.join(dir, 'via-sdk.txt'), 'content')
@@ -799,14 +803,14 @@ describe('watchDir', () => {
 
   test('after stop no more events are delivered', T, async () => {
     const dir = fresh('watchstop')
-    fs.mkdirSync(dir)
+    await host.mkdir(dir)
     const { events, handle, waitEvent } = await watch(dir)
-    fs.writeFileSync(path.join(dir, 'before'), 'x')
+    await host.writeFile(path.join(dir, 'before'), 'x')
     await waitEvent('create', 'before')
     await handle.stop()
     await sleep(100)
     const n = events.length
-    fs.writeFileSync(path.join(dir, 'after'), 'x')
+    await host.writeFile(path.join(dir, 'after'), 'x')
     await sleep(500)
     assert.equal(events.length, n)
   })
@@ -814,7 +818,7 @@ describe('watchDir', () => {
   test('watching a missing directory is FileNotFoundError, a file InvalidArgumentError', T, async () => {
     await assertRejects(sbx.files.watchDir(fresh('nowatch'), () => {}), FileNotFoundError)
     const f = fresh('watchfile')
-    fs.writeFileSync(f, 'x')
+    await host.writeFile(f, 'x')
     await assertRejects(sbx.files.watchDir(f, () => {}), InvalidArgumentError)
   })
 })
