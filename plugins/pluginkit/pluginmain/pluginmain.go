@@ -106,6 +106,7 @@ func Main(spec Spec, args []string) int {
 
 	if !*standalone {
 		gomaxprocs.Set(spec.Procs)
+		memtrim.SetGC()
 	}
 	run, stop := context.WithCancel(context.Background())
 	defer stop()
