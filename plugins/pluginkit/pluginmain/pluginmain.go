@@ -66,6 +66,9 @@ type Env struct {
 	Standalone bool
 	// Run lives as long as the plugin; background work hangs off it.
 	Run context.Context
+	// Trim is the plugin's idle trim: Touch it for work that leaves
+	// garbage without a request (requests and streams count already).
+	Trim *memtrim.Trimmer
 }
 
 // Spec names a plugin and builds its subsystem.
@@ -110,9 +113,10 @@ func Main(spec Spec, args []string) int {
 	}
 	run, stop := context.WithCancel(context.Background())
 	defer stop()
+	trim := memtrim.New(trimIdle)
 	sub, err := spec.New(Env{
 		Log: log, Defaults: defaults.NewStore(&controlpb.Config{DefaultUser: *user}), Users: users.Default,
-		CgroupRoot: *cgroupRoot, NoCgroups: *noCgroups, Standalone: *standalone, Run: run,
+		CgroupRoot: *cgroupRoot, NoCgroups: *noCgroups, Standalone: *standalone, Run: run, Trim: trim,
 	})
 	if err != nil {
 		log.Error("start failed", zap.Error(err))
@@ -126,7 +130,7 @@ func Main(spec Spec, args []string) int {
 	if *debug {
 		dbg = &debugServer{file: *reattachFile}
 	}
-	return servePlugin(log, spec.Name, sub, dbg)
+	return servePlugin(log, spec.Name, sub, dbg, trim)
 }
 
 // PanicAtStartEnv names plugins (comma-separated) that panic right after
@@ -263,7 +267,7 @@ func debugSocketDir(log *zap.Logger) {
 	_ = os.Setenv(plugin.EnvUnixSocketDir, dir)
 }
 
-func servePlugin(log *zap.Logger, name string, sub Subsystem, dbg *debugServer) int {
+func servePlugin(log *zap.Logger, name string, sub Subsystem, dbg *debugServer, trim *memtrim.Trimmer) int {
 	if dbg != nil {
 		debugSocketDir(log)
 	}
@@ -292,7 +296,6 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem, dbg *debugServer) 
 			}
 		})
 	}
-	trim := memtrim.New(trimIdle)
 	go trim.Run(context.Background())
 	if h := sub.HTTPHandler(); h != nil {
 		// Next to our go-plugin socket, in envd-init's private run directory
