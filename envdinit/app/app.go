@@ -35,6 +35,7 @@ import (
 	"github.com/envd-project/envd/internal/cgroups"
 	"github.com/envd-project/envd/internal/gomaxprocs"
 	"github.com/envd-project/envd/internal/logging"
+	"github.com/envd-project/envd/internal/memtrim"
 	"github.com/envd-project/envd/internal/users"
 	"github.com/envd-project/envd/plugins/pluginkit/callinfo"
 	"github.com/envd-project/envd/plugins/pluginkit/contract"
@@ -76,6 +77,7 @@ func Main(args []string) int {
 	// As a VM's init: /dev and the console fds before anything opens a file.
 	sys := sysinit.Start(cfg.SysInit)
 	gomaxprocs.Set(0)
+	memtrim.SetGC()
 	// Inside Firecracker the host collects our log lines (WIRE §9.10);
 	// where to is known once MMDS answers.
 	var export *logexport.Exporter

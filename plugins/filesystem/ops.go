@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -18,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	fspb "github.com/envd-project/envd/gen/filesystem"
+	"github.com/envd-project/envd/internal/gomaxprocs"
 )
 
 // Stat is WIRE §6.3.
@@ -239,7 +239,9 @@ func (l *lister) walk(real, shown string, level int) error {
 		}
 		results[i] = statResult{e: e, name: name, dir: st.Mode&unix.S_IFMT == unix.S_IFDIR}
 	}
-	if workers := min(runtime.GOMAXPROCS(0), (len(list)+statBlock-1)/statBlock); len(list) >= parallelMin && workers > 1 {
+	if workers := min(gomaxprocs.Procs(), (len(list)+statBlock-1)/statBlock); len(list) >= parallelMin && workers > 1 {
+		// envd-fs runs on one P between such listings (package gomaxprocs).
+		defer gomaxprocs.Widen()()
 		var next atomic.Int64
 		var wg sync.WaitGroup
 		for w := range workers {

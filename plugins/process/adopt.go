@@ -274,14 +274,7 @@ func (s *Service) adopt(a fdvault.Adopted) error {
 		s.mu.Lock()
 		s.seq = max(s.seq, rec.Seq)
 		p.seq = rec.Seq
-		s.retained[p.pid] = p
-		p.expiry = time.AfterFunc(s.retain, func() {
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			if s.retained[p.pid] == p {
-				delete(s.retained, p.pid)
-			}
-		})
+		s.retainEnd(p)
 		s.mu.Unlock()
 		return nil
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -607,5 +608,27 @@ func TestOddRequests(t *testing.T) {
 	}
 	if _, err := s.List(context.Background(), nil); err != nil {
 		t.Error(err)
+	}
+}
+
+// The end of a process's retention is reported once (envd-proc's idle trim
+// counts it as activity, so the dropped memory goes back to the OS).
+func TestForgetReportsRetentionEnd(t *testing.T) {
+	t.Parallel()
+	s := newService(t, nil)
+	s.retain = 100 * time.Millisecond
+	var forgot atomic.Int32
+	s.OnForget(func() { forgot.Add(1) })
+	st := startStream(t, s, context.Background(), shReq(`exit 0`))
+	pid := st.waitPID(t)
+	st.wait(t)
+	eventually(t, "retention to expire", func() bool {
+		c := connectStream(t, s, context.Background(), pidSel(pid)).wait(t)
+		return connect.CodeOf(c.err) == connect.CodeNotFound
+	})
+	eventually(t, "the drop to be reported", func() bool { return forgot.Load() == 1 })
+	time.Sleep(200 * time.Millisecond)
+	if n := forgot.Load(); n != 1 {
+		t.Errorf("the drop of one process reported %d times", n)
 	}
 }

@@ -75,6 +75,32 @@ type Service struct {
 	// registered (only while Adopt runs).
 	earlyExits map[uint32]unix.WaitStatus
 	running    sync.WaitGroup // one per lifecycle goroutine
+	// forgot is called after a retained process is dropped (may be nil;
+	// set before serving).
+	forgot func()
+}
+
+// OnForget sets fn to be called each time a retained process is dropped at
+// the end of its retention: its memory is garbage from then on, with no
+// request to say so (envd-proc's idle trim counts it as activity, so the
+// memory goes back to the OS once the drops are over). Call before serving.
+func (s *Service) OnForget(fn func()) { s.forgot = fn }
+
+// retainEnd keeps p, which has ended, for the retention period; the
+// caller holds s.mu.
+func (s *Service) retainEnd(p *proc) {
+	s.retained[p.pid] = p
+	p.expiry = time.AfterFunc(s.retain, func() {
+		s.mu.Lock()
+		dropped := s.retained[p.pid] == p
+		if dropped {
+			delete(s.retained, p.pid)
+		}
+		s.mu.Unlock()
+		if dropped && s.forgot != nil {
+			s.forgot()
+		}
+	})
 }
 
 var _ service.Process = (*Service)(nil)
@@ -156,14 +182,7 @@ func (s *Service) reaped(p *proc) {
 	if s.closing {
 		return
 	}
-	s.retained[p.pid] = p
-	p.expiry = time.AfterFunc(s.retain, func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		if s.retained[p.pid] == p {
-			delete(s.retained, p.pid)
-		}
-	})
+	s.retainEnd(p)
 }
 
 func errNoSelector() error {

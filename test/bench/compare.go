@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -151,14 +152,26 @@ func (s *side) cpuNs() int64 {
 
 // pssMiB is the side's PSS (shared pages counted once across its processes).
 func (s *side) pssMiB() float64 {
-	total := 0
+	total := 0.0
+	for _, v := range s.pssByProcess() {
+		total += v
+	}
+	return total
+}
+
+// pssByProcess is each process's PSS in MiB, by its name (where the
+// side's memory sits: issue 11 asks where a peak comes from).
+func (s *side) pssByProcess() map[string]float64 {
+	out := map[string]float64{}
 	for _, pid := range s.pids {
 		kib, err := pssKiB(pid)
-		if err == nil {
-			total += kib
+		if err != nil {
+			continue
 		}
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		out[strings.TrimSpace(string(comm))] += float64(kib) / 1024
 	}
-	return float64(total) / 1024
+	return out
 }
 
 // op is one kind of call in the mix.
@@ -292,20 +305,30 @@ type result struct {
 type memSampler struct {
 	mu   sync.Mutex
 	peak map[*side]float64
-	stop chan struct{}
-	done chan struct{}
+	// procPeak is each process's own peak (not at the same instant).
+	procPeak map[*side]map[string]float64
+	stop     chan struct{}
+	done     chan struct{}
 }
 
 func sampleMemory(sides []*side) *memSampler {
-	m := &memSampler{peak: map[*side]float64{}, stop: make(chan struct{}), done: make(chan struct{})}
+	m := &memSampler{peak: map[*side]float64{}, procPeak: map[*side]map[string]float64{}, stop: make(chan struct{}), done: make(chan struct{})}
+	for _, s := range sides {
+		m.procPeak[s] = map[string]float64{}
+	}
 	go func() {
 		defer close(m.done)
 		t := time.NewTicker(50 * time.Millisecond)
 		defer t.Stop()
 		for {
 			for _, s := range sides {
-				p := s.pssMiB()
+				byProc := s.pssByProcess()
+				p := 0.0
 				m.mu.Lock()
+				for name, v := range byProc {
+					p += v
+					m.procPeak[s][name] = max(m.procPeak[s][name], v)
+				}
 				m.peak[s] = max(m.peak[s], p)
 				m.mu.Unlock()
 			}
@@ -414,6 +437,10 @@ func benchCompare(other string, short bool) error {
 	for _, s := range sides {
 		idle[s] = s.pssMiB()
 	}
+	idleProc := map[*side]map[string]float64{}
+	for _, s := range sides {
+		idleProc[s] = s.pssByProcess()
+	}
 	mem := sampleMemory(sides)
 	res, err := runMix(sides, ops, rounds)
 	peak := mem.end()
@@ -426,10 +453,25 @@ func benchCompare(other string, short bool) error {
 	}
 	time.Sleep(settle)
 	settled := map[*side]float64{}
+	settledProc := map[*side]map[string]float64{}
 	for _, s := range sides {
-		settled[s] = s.pssMiB()
+		settledProc[s] = s.pssByProcess()
+		for _, v := range settledProc[s] {
+			settled[s] += v
+		}
 	}
 	printCompare(tree, o, ops, res, idle, peak, settled, settle)
+	fmt.Printf("\nper process (PSS, MiB): idle / own peak during the mix / %s after\n", settle)
+	for _, s := range sides {
+		var names []string
+		for name := range mem.procPeak[s] {
+			names = append(names, name)
+		}
+		slices.Sort(names)
+		for _, name := range names {
+			fmt.Printf("  %-12s %-10s %5.1f / %5.1f / %5.1f\n", s.name, name, idleProc[s][name], mem.procPeak[s][name], settledProc[s][name])
+		}
+	}
 	return nil
 }
 

@@ -21,7 +21,7 @@ import (
 )
 
 // Spec is the envd-fs plugin.
-var Spec = pluginmain.Spec{Name: contract.FS, New: build, Procs: 2}
+var Spec = pluginmain.Spec{Name: contract.FS, New: build}
 
 type subsystem struct {
 	svc   *filesystem.Service

@@ -67,6 +67,9 @@ type Env struct {
 	Standalone bool
 	// Run lives as long as the plugin; background work hangs off it.
 	Run context.Context
+	// Trim is the plugin's idle trim: Touch it for work that leaves
+	// garbage without a request (requests and streams count already).
+	Trim *memtrim.Trimmer
 }
 
 // Spec names a plugin and builds its subsystem.
@@ -107,12 +110,14 @@ func Main(spec Spec, args []string) int {
 
 	if !*standalone {
 		gomaxprocs.Set(spec.Procs)
+		memtrim.SetGC()
 	}
 	run, stop := context.WithCancel(context.Background())
 	defer stop()
+	trim := memtrim.New(trimIdle)
 	sub, err := spec.New(Env{
 		Log: log, Defaults: defaults.NewStore(&controlpb.Config{DefaultUser: *user}), Users: users.Default,
-		CgroupRoot: *cgroupRoot, NoCgroups: *noCgroups, Standalone: *standalone, Run: run,
+		CgroupRoot: *cgroupRoot, NoCgroups: *noCgroups, Standalone: *standalone, Run: run, Trim: trim,
 	})
 	if err != nil {
 		log.Error("start failed", zap.Error(err))
@@ -126,7 +131,7 @@ func Main(spec Spec, args []string) int {
 	if *debug {
 		dbg = &debugServer{file: *reattachFile}
 	}
-	return servePlugin(log, spec.Name, sub, dbg)
+	return servePlugin(log, spec.Name, sub, dbg, trim)
 }
 
 // PanicAtStartEnv names plugins (comma-separated) that panic right after
@@ -337,7 +342,7 @@ func debugSocketDir(log *zap.Logger) {
 	_ = os.Setenv(plugin.EnvUnixSocketDir, dir)
 }
 
-func servePlugin(log *zap.Logger, name string, sub Subsystem, dbg *debugServer) int {
+func servePlugin(log *zap.Logger, name string, sub Subsystem, dbg *debugServer, trim *memtrim.Trimmer) int {
 	if dbg != nil {
 		debugSocketDir(log)
 	}
@@ -367,7 +372,6 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem, dbg *debugServer) 
 			}
 		})
 	}
-	trim := memtrim.New(trimIdle)
 	go trim.Run(context.Background())
 	if h := sub.HTTPHandler(); h != nil {
 		// Next to our go-plugin socket, in envd-init's private run directory

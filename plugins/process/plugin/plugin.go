@@ -33,6 +33,9 @@ type subsystem struct {
 func build(env pluginmain.Env) (pluginmain.Subsystem, error) {
 	cg := cgroups.Setup(env.CgroupRoot, !env.NoCgroups, env.Log)
 	svc := process.New(env.Log, env.Defaults, env.Users, cg)
+	if env.Trim != nil {
+		svc.OnForget(env.Trim.Touch)
+	}
 	// Under envd-init: take over what a previous envd-proc left running,
 	// before serving, so the first List already shows it.
 	if !env.Standalone {
