@@ -60,7 +60,13 @@ func hop(t *testing.T, bound bool) *grpc.ClientConn {
 		}
 		return ss.SendMsg(&emptypb.Empty{})
 	}))
-	srv := grpc.NewServer(opts...)
+	return serveUnix(t, grpc.NewServer(opts...))
+}
+
+// serveUnix serves srv on a Unix socket of the test and returns a client
+// connection to it with the hop's dial options.
+func serveUnix(t *testing.T, srv *grpc.Server) *grpc.ClientConn {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "hop.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {

@@ -2,8 +2,6 @@ package grpcadapter
 
 import (
 	"context"
-	"net"
-	"path/filepath"
 	"testing"
 
 	"connectrpc.com/connect"
@@ -11,7 +9,6 @@ import (
 	"github.com/envd-project/envd/plugins/pluginkit/contract"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 )
 
@@ -43,19 +40,7 @@ func serveFS(t *testing.T, p *fsPlugin) *grpc.ClientConn {
 	t.Helper()
 	srv := grpc.NewServer(contract.ServerOptions()...)
 	fspb.RegisterFilesystemServer(srv, p)
-	sock := filepath.Join(t.TempDir(), "fs.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(srv.Stop)
-	conn, err := grpc.NewClient("unix://"+sock, append(contract.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
-	return conn
+	return serveUnix(t, srv)
 }
 
 // A watcher call refused by an envd-fs being replaced goes to the
