@@ -72,7 +72,13 @@ func Main(args []string) int {
 	fdErr := closeInheritedOnExec()
 	cfg, code, done := parseFlags(args)
 	if done {
-		return code
+		if os.Getpid() != 1 {
+			return code
+		}
+		// PID 1 must not return (the kernel panics): a bad flag on the
+		// kernel command line, or --version/--help, runs with the defaults.
+		fmt.Fprintf(os.Stderr, "envd-init: as PID 1, running with the default flags instead of %q\n", args)
+		cfg, _, _ = parseFlags(nil)
 	}
 	// As a VM's init: /dev and the console fds before anything opens a file.
 	sys := sysinit.Start(cfg.SysInit)

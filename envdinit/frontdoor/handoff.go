@@ -39,10 +39,12 @@ func (h *handoffRoute) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.next.ServeHTTP(w, r)
 		return
 	}
-	if h.offer && r.Method == http.MethodGet {
+	if h.offer && r.Method == http.MethodGet && r.ContentLength == 0 && len(r.TransferEncoding) == 0 {
 		// A download goes through the proxy first: a small answer costs
 		// less copied than handed over; a big one is declined by the
 		// plugin and then handed over (it has no side effect to repeat).
+		// Only without a body: the proxy would consume it, and a handoff
+		// after a decline would then frame bytes that are no longer there.
 		h.next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), offerKey{}, offer(func(w http.ResponseWriter, r *http.Request) bool {
 			return h.handOff(w, r, path)
 		}))))

@@ -106,7 +106,7 @@ func (v *Vault) serve(p *peer) {
 			v.deposit(m.Rec, files)
 			continue // no ack: deposits do not wait
 		case fdvault.OpExiting:
-			v.exiting(p, m.Pid, m.Status)
+			v.exiting(p, m.Pid, m.Seq, m.Status)
 			continue // not acknowledged
 		case fdvault.OpSync:
 		case fdvault.OpCloseStdin:
@@ -154,11 +154,14 @@ func (v *Vault) deposit(rec *fdvault.Record, files []*os.File) {
 }
 
 // exiting: the plugin saw the process end; it keeps only the status now.
-func (v *Vault) exiting(from *peer, pid uint32, status int32) {
+func (v *Vault) exiting(from *peer, pid uint32, seq uint64, status int32) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	r := v.recs[pid]
-	if r == nil || r.Released {
+	// A different seq: the pid was reused by a later Start while this end
+	// was on its way (an adopted process whose output outlived it); the
+	// record is the new process's and stays.
+	if r == nil || r.Released || (seq != 0 && r.Seq != seq) {
 		return
 	}
 	r.Released, r.Status = true, status

@@ -106,8 +106,26 @@ func TestDepositSurvivesThePlugin(t *testing.T) {
 		t.Fatalf("read %q, %v", b, err)
 	}
 	detach()
+	// The end of an earlier start of the same pid (an adopted process whose
+	// end arrives after the pid was reused) leaves this record alone.
+	if err := next.Exiting(uint32(pid), rec.Seq-1, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := next.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	stale, err := client(t, v).Fetch()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(stale) != 1 || stale[0].Rec.Released || len(stale[0].Files) != 3 {
+		t.Fatalf("a stale exit released the record: %+v, %d fds", stale[0].Rec, len(stale[0].Files))
+	}
+	for _, f := range stale[0].Files {
+		f.Close()
+	}
 	// Once the plugin says the process ended, only the status is kept.
-	if err := next.Exiting(uint32(pid), rec.Status); err != nil {
+	if err := next.Exiting(uint32(pid), rec.Seq, rec.Status); err != nil {
 		t.Fatal(err)
 	}
 	if err := next.Sync(); err != nil {
@@ -196,7 +214,7 @@ func BenchmarkExiting(b *testing.B) {
 		b.StopTimer()
 		bn.deposit(uint32(i + 1))
 		b.StartTimer()
-		if err := bn.c.Exiting(uint32(i+1), 0); err != nil {
+		if err := bn.c.Exiting(uint32(i+1), 0, 0); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -338,7 +338,7 @@ func (s *Service) lifecycle(p *proc) {
 	} else if s.vault != nil {
 		// Queued before the reap: once reaped, the pid may name another
 		// process, and a record still live in the vault would be matched to it.
-		if err := s.vault.Exiting(p.pid, int32(ws)); err != nil {
+		if err := s.vault.Exiting(p.pid, p.seq, int32(ws)); err != nil {
 			p.log.Warn("fd vault did not take the exit", zap.Error(err))
 		}
 	}

@@ -102,6 +102,16 @@ func TestKeepAliveOnEveryRoute(t *testing.T) {
 					t.Errorf("downloaded %d bytes", len(b))
 				}
 			}},
+		// A GET with a body (bigger than the proxy's 64 KiB, so handed
+		// over): the body must not be lost on the way, or the next request
+		// on the connection would be read as its rest.
+		{name: "download with a body", method: "GET", path: "/files?username=root&path=" + file, hdr: tok,
+			body: func() io.Reader { return strings.NewReader("a body nobody reads") }, status: 200,
+			check: func(t *testing.T, b []byte) {
+				if !bytes.Equal(b, big) {
+					t.Errorf("downloaded %d bytes", len(b))
+				}
+			}},
 		{name: "range", method: "GET", path: "/files?username=root&path=" + file, hdr: with("Range", "bytes=16-31"), status: http.StatusPartialContent,
 			check: func(t *testing.T, b []byte) {
 				if string(b) != "0123456789abcdef" {

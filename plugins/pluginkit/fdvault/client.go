@@ -16,6 +16,12 @@ import (
 // that does not answer must not hold a process's end event for long.
 const ackTimeout = 2 * time.Second
 
+// fetchTimeout bounds the take-over at start. It is long: an envd-proc
+// restarting after the OOM killer took it may be slow, and a fetch given up
+// on would leave the vault sending every process to a plugin that no longer
+// waits for them (they would block once their pipes fill).
+const fetchTimeout = 60 * time.Second
+
 // Adopted is one process handed over by the vault.
 type Adopted struct {
 	Rec   Record
@@ -154,7 +160,11 @@ func (c *Client) call(m *Msg, fds []int) (*Msg, error) {
 		c.mu.Unlock()
 		return nil, err
 	}
-	t := time.NewTimer(ackTimeout)
+	wait := ackTimeout
+	if m.Op == OpFetch {
+		wait = fetchTimeout
+	}
+	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
 	case a, ok := <-ch:
@@ -169,7 +179,7 @@ func (c *Client) call(m *Msg, fds []int) (*Msg, error) {
 		c.mu.Lock()
 		delete(c.pending, m.ID)
 		c.mu.Unlock()
-		return nil, fmt.Errorf("fdvault: %s: no answer in %v", m.Op, ackTimeout)
+		return nil, fmt.Errorf("fdvault: %s: no answer in %v", m.Op, wait)
 	}
 }
 
@@ -205,8 +215,8 @@ func (c *Client) Deposit(rec *Record, files []*os.File) error {
 
 // Exiting tells the vault that pid ended with the wait status. Once it
 // returns the message is queued in order, and the caller may reap the pid.
-func (c *Client) Exiting(pid uint32, status int32) error {
-	return c.send(&Msg{Op: OpExiting, Pid: pid, Status: status}, nil)
+func (c *Client) Exiting(pid uint32, seq uint64, status int32) error {
+	return c.send(&Msg{Op: OpExiting, Pid: pid, Seq: seq, Status: status}, nil)
 }
 
 // Sync returns once the vault has handled every earlier message.

@@ -94,6 +94,9 @@ type Msg struct {
 	ID     uint64  `json:"id,omitempty"`
 	Pid    uint32  `json:"pid,omitempty"`
 	Status int32   `json:"status,omitempty"`
+	// Seq names which start of Pid an OpExiting is about: a pid can be
+	// reused while an adopted process's end is still on its way.
+	Seq uint64 `json:"seq,omitempty"`
 	Rec    *Record `json:"rec,omitempty"`
 	Err    string  `json:"err,omitempty"`
 }
