@@ -90,15 +90,15 @@ type Record struct {
 
 // Msg is one message on the vault socket.
 type Msg struct {
-	Op     string  `json:"op"`
-	ID     uint64  `json:"id,omitempty"`
-	Pid    uint32  `json:"pid,omitempty"`
-	Status int32   `json:"status,omitempty"`
+	Op     string `json:"op"`
+	ID     uint64 `json:"id,omitempty"`
+	Pid    uint32 `json:"pid,omitempty"`
+	Status int32  `json:"status,omitempty"`
 	// Seq names which start of Pid an OpExiting is about: a pid can be
 	// reused while an adopted process's end is still on its way.
-	Seq uint64 `json:"seq,omitempty"`
-	Rec    *Record `json:"rec,omitempty"`
-	Err    string  `json:"err,omitempty"`
+	Seq uint64  `json:"seq,omitempty"`
+	Rec *Record `json:"rec,omitempty"`
+	Err string  `json:"err,omitempty"`
 }
 
 // Conn is one end of a vault socket.
