@@ -86,12 +86,7 @@ func (s *Service) Carry(ctx context.Context) ([]byte, []*os.File, error) {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
-	pollers := s.pollers
-	s.pollers = map[string]*poller{}
-	streams := make([]*streamWatch, 0, len(s.streams))
-	for sw := range s.streams {
-		streams = append(streams, sw)
-	}
+	pollers, streams := s.takeWatchersLocked()
 	s.mu.Unlock()
 
 	s.pool.Freeze()

@@ -91,17 +91,24 @@ func New(log *zap.Logger, defs *defaults.Store, db *users.DB) *Service {
 	}
 }
 
-// Shutdown stops every watcher (polling ones and the streams' ones, whose
-// WatchDir calls then end with unavailable) and waits for their goroutines.
-func (s *Service) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.shutdown = true
+// takeWatchersLocked empties the poller table and lists the open WatchDir
+// streams; s.mu is held.
+func (s *Service) takeWatchersLocked() (map[string]*poller, []*streamWatch) {
 	pollers := s.pollers
 	s.pollers = map[string]*poller{}
 	streams := make([]*streamWatch, 0, len(s.streams))
 	for sw := range s.streams {
 		streams = append(streams, sw)
 	}
+	return pollers, streams
+}
+
+// Shutdown stops every watcher (polling ones and the streams' ones, whose
+// WatchDir calls then end with unavailable) and waits for their goroutines.
+func (s *Service) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.shutdown = true
+	pollers, streams := s.takeWatchersLocked()
 	s.mu.Unlock()
 	done := make(chan struct{})
 	go func() {

@@ -203,28 +203,28 @@ func (c *ProcessClient) reattach(ctx context.Context, pid uint32, stale grpc.Cli
 
 func (c *ProcessClient) startStream(ctx context.Context, req *procpb.StartRequest, send service.Send[procpb.StartResponse]) error {
 	return c.follow(ctx, func(cl procpb.ProcessClient, octx context.Context) (eventRecv, error) {
-		s, err := cl.Start(octx, req)
-		if err != nil {
-			return nil, err
-		}
-		return func() (*procpb.ProcessEvent, error) {
-			res, err := s.Recv()
-			return res.GetEvent(), err
-		}, nil
+		return events(cl.Start(octx, req))
 	}, func(ev *procpb.ProcessEvent) error { return send(&procpb.StartResponse{Event: ev}) })
 }
 
 func (c *ProcessClient) connectStream(ctx context.Context, req *procpb.ConnectRequest, send service.Send[procpb.ConnectResponse]) error {
 	return c.follow(ctx, func(cl procpb.ProcessClient, octx context.Context) (eventRecv, error) {
-		s, err := cl.Connect(octx, req)
-		if err != nil {
-			return nil, err
-		}
-		return func() (*procpb.ProcessEvent, error) {
-			res, err := s.Recv()
-			return res.GetEvent(), err
-		}, nil
+		return events(cl.Connect(octx, req))
 	}, func(ev *procpb.ProcessEvent) error { return send(&procpb.ConnectResponse{Event: ev}) })
+}
+
+// events reads the process events of a Start or Connect stream.
+func events[Res any, P interface {
+	*Res
+	GetEvent() *procpb.ProcessEvent
+}](s grpc.ServerStreamingClient[Res], err error) (eventRecv, error) {
+	if err != nil {
+		return nil, err
+	}
+	return func() (*procpb.ProcessEvent, error) {
+		res, err := s.Recv()
+		return P(res).GetEvent(), err
+	}, nil
 }
 
 type inputStream = grpc.ClientStreamingClient[procpb.StreamInputRequest, procpb.StreamInputResponse]
