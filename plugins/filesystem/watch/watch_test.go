@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -341,12 +342,18 @@ func TestUnwatchableSubdirIsSkipped(t *testing.T) {
 // with ErrOverflow while the others go on; closing them all releases every
 // instance.
 func TestPoolSharesInstances(t *testing.T) {
-	defer func(old int) { QueueLimit = old }(QueueLimit)
-	QueueLimit = 500 // set before any reader starts
+	old := QueueLimit
+	t.Cleanup(func() { QueueLimit = old }) // after the watchers' cleanup below
+	QueueLimit = 500                       // set before any reader starts
 	dir := t.TempDir()
 	before := fdCount(t)
 	p := &Pool{PerInstance: 64}
 	var ws []*Watcher
+	t.Cleanup(func() {
+		for _, w := range ws {
+			w.Close()
+		}
+	})
 	for range 200 {
 		w, err := p.New(dir, true)
 		if err != nil {
@@ -360,23 +367,31 @@ func TestPoolSharesInstances(t *testing.T) {
 	// ws[1] is read as the events come; nobody reads the others, which
 	// overflow their queues alone.
 	got := make(chan []Event, 1)
+	var read atomic.Int64
 	go func() {
 		var evs []Event
 		for b := range ws[1].Events() {
 			evs = append(evs, b...)
+			read.Store(int64(len(evs)))
 			if has(evs, "999", Create) {
 				break
 			}
 		}
 		got <- evs
 	}()
+	// The writer keeps at most 200 events ahead of the reading watcher (a
+	// loaded CI machine must not make the reader look slow); the others,
+	// never read, still get 1000 events, twice their queue.
 	for i := range 1000 {
+		for int(read.Load()) < i-200 && ws[1].Err() == nil {
+			time.Sleep(time.Millisecond)
+		}
 		os.WriteFile(filepath.Join(dir, fmt.Sprint(i)), nil, 0o644)
 	}
 	select {
 	case evs := <-got:
 		if len(evs) < 1000 {
-			t.Fatalf("reading watcher got %d events", len(evs))
+			t.Fatalf("reading watcher got %d events (err %v)", len(evs), ws[1].Err())
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatalf("the reading watcher did not see all creates: %v", ws[1].Err())
