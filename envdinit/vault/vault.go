@@ -50,19 +50,111 @@ type Vault struct {
 	closed  bool
 }
 
+// peer is one plugin start's socket. Everything the vault sends it goes
+// through its queue, written by one goroutine: a plugin that stops reading
+// (SIGSTOP, a frozen cgroup) then blocks only that goroutine, never the
+// vault's lock, so envd-init's reaper (Reaped) never waits for a plugin.
+// Messages queued under v.mu keep the order they were queued in: a
+// record always reaches the plugin before an exit of its process.
 type peer struct {
 	conn *fdvault.Conn
-	wmu  sync.Mutex
+	log  *zap.Logger
+
+	mu    sync.Mutex
+	queue []outMsg
+	gone  bool          // the socket is closed: push drops what it gets
+	wake  chan struct{} // a push for the writer; capacity 1
 }
 
-func (p *peer) send(m *fdvault.Msg, files []*os.File) error {
-	fds, err := fdvault.FDs(files)
+// outMsg is one queued message and the fds it carries, which the queue
+// owns (duplicates: the record's own may close before the send).
+type outMsg struct {
+	m     *fdvault.Msg
+	files []*os.File
+}
+
+func newPeer(conn *fdvault.Conn, log *zap.Logger) *peer {
+	return &peer{conn: conn, log: log, wake: make(chan struct{}, 1)}
+}
+
+// push queues m; it never blocks.
+func (p *peer) push(m *fdvault.Msg, files []*os.File) {
+	p.mu.Lock()
+	if p.gone {
+		p.mu.Unlock()
+		closeFiles(files)
+		return
+	}
+	p.queue = append(p.queue, outMsg{m: m, files: files})
+	p.mu.Unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// write sends the queue in order until the socket fails or close.
+func (p *peer) write() {
+	for {
+		p.mu.Lock()
+		q, gone := p.queue, p.gone
+		p.queue = nil
+		p.mu.Unlock()
+		if gone {
+			for _, o := range q {
+				closeFiles(o.files)
+			}
+			return
+		}
+		if len(q) == 0 {
+			<-p.wake
+			continue
+		}
+		for i, o := range q {
+			err := p.send(o)
+			closeFiles(o.files)
+			if err != nil {
+				p.log.Debug("vault send", zap.String("op", o.m.Op), zap.Error(err))
+				for _, rest := range q[i+1:] {
+					closeFiles(rest.files)
+				}
+				// Ends serve's Recv, which drops the peer.
+				p.close()
+				return
+			}
+		}
+	}
+}
+
+func (p *peer) send(o outMsg) error {
+	fds, err := fdvault.FDs(o.files)
 	if err != nil {
 		return err
 	}
-	p.wmu.Lock()
-	defer p.wmu.Unlock()
-	return p.conn.Send(m, fds)
+	return p.conn.Send(o.m, fds)
+}
+
+// close closes the socket (a blocked send returns) and ends the writer.
+func (p *peer) close() {
+	p.mu.Lock()
+	p.gone = true
+	q := p.queue
+	p.queue = nil
+	p.mu.Unlock()
+	for _, o := range q {
+		closeFiles(o.files)
+	}
+	p.conn.Close()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+func closeFiles(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
 }
 
 // New returns an empty vault.
@@ -78,14 +170,15 @@ func (v *Vault) Connect() (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &peer{conn: conn}
+	p := newPeer(conn, v.log)
+	go p.write()
 	go v.serve(p)
 	return theirs, nil
 }
 
 func (v *Vault) serve(p *peer) {
 	defer func() {
-		p.conn.Close()
+		p.close()
 		v.mu.Lock()
 		if v.current == p {
 			v.current = nil
@@ -112,20 +205,18 @@ func (v *Vault) serve(p *peer) {
 		case fdvault.OpCloseStdin:
 			v.closeStdin(m.Pid)
 		case fdvault.OpFetch:
-			if err := v.fetch(p); err != nil {
+			if err := v.fetch(p, m.ID); err != nil {
 				v.log.Warn("vault fetch", zap.Error(err))
 				return
 			}
+			continue // fetch queued its ack after the records
 		default:
 			ack.Err = "unknown op " + m.Op
 		}
 		for _, f := range files {
 			f.Close()
 		}
-		if err := p.send(ack, nil); err != nil {
-			v.log.Debug("vault ack", zap.Error(err))
-			return
-		}
+		p.push(ack, nil)
 	}
 }
 
@@ -169,12 +260,7 @@ func (v *Vault) exiting(from *peer, pid uint32, seq uint64, status int32) {
 		// A plugin being replaced reaped a process its successor already
 		// adopted (it ended during the swap): the successor learns it here,
 		// as envd-init's reaper will never see it.
-		m := &fdvault.Msg{Op: fdvault.OpExit, Pid: pid, Status: status}
-		go func() {
-			if err := cur.send(m, nil); err != nil {
-				v.log.Debug("vault exit push", zap.Error(err))
-			}
-		}()
+		cur.push(&fdvault.Msg{Op: fdvault.OpExit, Pid: pid, Status: status}, nil)
 	}
 	r.Stdin = false
 	for _, f := range r.files {
@@ -205,17 +291,30 @@ func (v *Vault) closeStdin(pid uint32) {
 	r.Stdin = false
 }
 
-// fetch sends every record to p, which becomes the receiver of exits.
-func (v *Vault) fetch(p *peer) error {
+// fetch queues every record for p, then the ack of request id, and makes
+// p the receiver of exits. It sends nothing itself (see peer): it only
+// duplicates the fds, under v.mu, so that each exit queued for p later
+// follows the record of its process.
+func (v *Vault) fetch(p *peer, id uint64) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	out := make([]outMsg, 0, len(v.recs)+1)
 	for _, r := range v.recs {
 		rec := r.Record
 		rec.Streams = v.streams[r.Pid]
-		if err := p.send(&fdvault.Msg{Op: fdvault.OpRecord, Pid: r.Pid, Rec: &rec}, r.files); err != nil {
+		files, err := fdvault.Dup(r.files)
+		if err != nil {
+			for _, o := range out {
+				closeFiles(o.files)
+			}
 			return err
 		}
+		out = append(out, outMsg{m: &fdvault.Msg{Op: fdvault.OpRecord, Pid: r.Pid, Rec: &rec}, files: files})
 	}
+	for _, o := range out {
+		p.push(o.m, o.files)
+	}
+	p.push(&fdvault.Msg{Op: fdvault.OpAck, ID: id}, nil)
 	v.current = p
 	return nil
 }
@@ -234,14 +333,8 @@ func (v *Vault) Reaped(pid int, ws unix.WaitStatus) bool {
 	}
 	r.Reaped, r.Status = true, int32(ws)
 	if v.current != nil {
-		p := v.current
-		m := &fdvault.Msg{Op: fdvault.OpExit, Pid: uint32(pid), Status: int32(ws)}
-		// Not under v.mu: a plugin that stopped reading must not stall the reaper.
-		go func() {
-			if err := p.send(m, nil); err != nil {
-				v.log.Debug("vault exit push", zap.Error(err))
-			}
-		}()
+		// Queued: a plugin that stopped reading must not stall the reaper.
+		v.current.push(&fdvault.Msg{Op: fdvault.OpExit, Pid: uint32(pid), Status: int32(ws)}, nil)
 	}
 	return true
 }

@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/envd-project/envd/plugins/pluginkit/fdvault"
 )
 
 // EnvFD names the fd of a plugin's carry socket; EnvCarried lists the fds
@@ -75,25 +77,9 @@ func Inherited() []*os.File {
 
 // Dup duplicates files (close-on-exec), leaving their mode alone.
 func Dup(files []*os.File) ([]*os.File, error) {
-	out := make([]*os.File, 0, len(files))
-	for _, f := range files {
-		rc, err := f.SyscallConn()
-		if err == nil {
-			var fd int
-			var derr error
-			err = rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 3) })
-			if err == nil {
-				err = derr
-			}
-			if err == nil {
-				out = append(out, os.NewFile(uintptr(fd), f.Name()))
-				continue
-			}
-		}
-		for _, d := range out {
-			d.Close()
-		}
-		return nil, fmt.Errorf("carry: dup %s: %w", f.Name(), err)
+	out, err := fdvault.Dup(files)
+	if err != nil {
+		return nil, fmt.Errorf("carry: %w", err)
 	}
 	return out, nil
 }

@@ -230,3 +230,30 @@ func FDs(files []*os.File) ([]int, error) {
 	}
 	return fds, nil
 }
+
+// Dup duplicates files (close-on-exec, numbered 3 and up), leaving their
+// mode alone (see FDs). The vault sends duplicates so that a record's fds
+// may be closed while a send of them is still queued.
+func Dup(files []*os.File) ([]*os.File, error) {
+	out := make([]*os.File, 0, len(files))
+	for _, f := range files {
+		rc, err := f.SyscallConn()
+		if err == nil {
+			var fd int
+			var derr error
+			err = rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 3) })
+			if err == nil {
+				err = derr
+			}
+			if err == nil {
+				out = append(out, os.NewFile(uintptr(fd), f.Name()))
+				continue
+			}
+		}
+		for _, d := range out {
+			d.Close()
+		}
+		return nil, fmt.Errorf("fdvault: dup %s: %w", f.Name(), err)
+	}
+	return out, nil
+}
