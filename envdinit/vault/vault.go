@@ -201,6 +201,9 @@ func (v *Vault) serve(p *peer) {
 		case fdvault.OpExiting:
 			v.exiting(p, m.Pid, m.Seq, m.Status)
 			continue // not acknowledged
+		case fdvault.OpForget:
+			v.forget(m.Pid, m.Seq)
+			continue // not acknowledged
 		case fdvault.OpSync:
 		case fdvault.OpCloseStdin:
 			v.closeStdin(m.Pid)
@@ -274,6 +277,19 @@ func (v *Vault) exiting(from *peer, pid uint32, seq uint64, status int32) {
 			delete(v.recs, pid)
 		}
 	})
+}
+
+// forget drops a record a take-over plugin could not adopt: nobody would
+// ever read its fds again.
+func (v *Vault) forget(pid uint32, seq uint64) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	r := v.recs[pid]
+	if r == nil || r.Seq != seq {
+		return // the pid names a later start now
+	}
+	r.drop()
+	delete(v.recs, pid)
 }
 
 func (v *Vault) closeStdin(pid uint32) {

@@ -216,16 +216,37 @@ func (s *Service) Adopt(v *fdvault.Client) error {
 	}
 	for _, a := range got {
 		if err := s.adopt(a); err != nil {
-			s.log.Warn("process not adopted", zap.Uint32("pid", a.Rec.Pid), zap.Error(err))
-			for _, f := range a.Files {
-				f.Close()
-			}
+			s.log.Warn("process not adopted: ending it", zap.Uint32("pid", a.Rec.Pid), zap.Error(err))
+			s.abandon(a)
 		}
 	}
 	if len(got) > 0 {
 		s.log.Info("adopted processes", zap.Int("count", len(got)))
 	}
 	return nil
+}
+
+// abandon ends a process that could not be adopted and has the vault drop
+// it. Left running, it would be out of every client's reach (no List,
+// Connect, SendSignal), its output unread: a pipe writer would block once
+// the buffer fills, and the vault would hold its fds, and hand them to
+// every later envd-proc, forever. So it gets what envd-proc's Shutdown
+// gives the processes it ends: SIGKILL to its group, through the pidfd
+// taken at its start (never a recycled pid). Its status is not kept:
+// nothing here could serve it.
+func (s *Service) abandon(a fdvault.Adopted) {
+	if !a.Rec.Released && !a.Rec.Reaped && len(a.Files) > 0 {
+		c := newAdoptedChild(int(a.Rec.Pid), a.Files[0])
+		if err := c.signalGroup(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
+			s.log.Warn("could not end a process that was not adopted", zap.Uint32("pid", a.Rec.Pid), zap.Error(err))
+		}
+	}
+	for _, f := range a.Files {
+		f.Close()
+	}
+	if err := s.vault.Forget(a.Rec.Pid, a.Rec.Seq); err != nil {
+		s.log.Warn("fd vault: forget", zap.Uint32("pid", a.Rec.Pid), zap.Error(err))
+	}
 }
 
 // adoptedExit receives envd-init's reap of an adopted process.

@@ -219,6 +219,12 @@ func (c *Client) Exiting(pid uint32, seq uint64, status int32) error {
 	return c.send(&Msg{Op: OpExiting, Pid: pid, Seq: seq, Status: status}, nil)
 }
 
+// Forget tells the vault to drop pid's record (start seq) and its fds: the
+// process could not be adopted and was ended.
+func (c *Client) Forget(pid uint32, seq uint64) error {
+	return c.send(&Msg{Op: OpForget, Pid: pid, Seq: seq}, nil)
+}
+
 // Sync returns once the vault has handled every earlier message.
 func (c *Client) Sync() error {
 	_, err := c.call(&Msg{Op: OpSync}, nil)

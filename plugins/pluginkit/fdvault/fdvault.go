@@ -45,6 +45,10 @@ const (
 	// acknowledged: sent before the reap, it is in the vault's queue before
 	// the pid can name another process, and the vault reads in order.
 	OpExiting = "exiting"
+	// OpForget (plugin → vault): drop the record of Pid (start Seq) and
+	// close its fds, keeping no status: a take-over plugin could not adopt
+	// the process and ended it. Not acknowledged, like OpExiting.
+	OpForget = "forget"
 	// OpSync (plugin → vault, acked): does nothing; its ack says every
 	// earlier message was handled.
 	OpSync = "sync"
