@@ -112,7 +112,13 @@ func Send(sock *os.File, fds []int) error {
 	return nil
 }
 
-// Recv reads n fds sent with Send (close-on-exec), waiting at most wait.
+// errPeerGone: the sender closed its end (the plugin died, or exited
+// after announcing more fds than it sent).
+var errPeerGone = errors.New("carry: the sender closed its socket")
+
+// Recv reads n fds sent with Send (close-on-exec), waiting at most wait. It
+// blocks in poll while the sender is there and returns at once when it is
+// gone, so envd-init (PID 1) never spins on a dead plugin's socket.
 func Recv(sock *os.File, n int, wait time.Duration) ([]*os.File, error) {
 	var files []*os.File
 	fail := func(err error) ([]*os.File, error) {
@@ -141,16 +147,28 @@ func Recv(sock *os.File, n int, wait time.Duration) ([]*os.File, error) {
 				}
 				return
 			}
-			if pfd[0].Revents&unix.POLLIN == 0 {
+			ev := pfd[0].Revents
+			if ev == 0 {
+				return // timed out: the loop checks the deadline
+			}
+			if ev&unix.POLLIN == 0 {
+				// POLLHUP, POLLERR or POLLNVAL without data: nothing more
+				// will come, and poll would return at once forever.
+				rerr = fmt.Errorf("%w (poll events %#x)", errPeerGone, ev)
 				return
 			}
 			var hdr [4]byte
 			oob := make([]byte, unix.CmsgSpace(perMessage*4))
-			_, oobn, flags, _, err := unix.Recvmsg(int(s), hdr[:], oob, unix.MSG_CMSG_CLOEXEC|unix.MSG_DONTWAIT)
+			m, oobn, flags, _, err := unix.Recvmsg(int(s), hdr[:], oob, unix.MSG_CMSG_CLOEXEC|unix.MSG_DONTWAIT)
 			if err != nil {
 				if !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EINTR) {
 					rerr = fmt.Errorf("carry: recvmsg: %w", err)
 				}
+				return
+			}
+			if m == 0 && oobn == 0 {
+				// End of file: every message Send writes has a header.
+				rerr = errPeerGone
 				return
 			}
 			cmsgs, err := unix.ParseSocketControlMessage(oob[:oobn])
@@ -174,6 +192,9 @@ func Recv(sock *os.File, n int, wait time.Duration) ([]*os.File, error) {
 			return fail(fmt.Errorf("carry: %w", cerr))
 		}
 		if rerr != nil {
+			if errors.Is(rerr, errPeerGone) {
+				rerr = fmt.Errorf("%w: %d of %d fds arrived", rerr, len(files), n)
+			}
 			return fail(rerr)
 		}
 	}
