@@ -31,6 +31,8 @@ type reapedRunner struct {
 	// the handshake); killed makes a Kill before Start stick.
 	mu     sync.Mutex
 	killed bool
+	pid    int  // once started; ID must not read cmd.Process, which Release changes
+	reaped bool // the Process is released: Kill has nothing to do
 
 	// cgroupRefused is why the plugin could not be started in its cgroup
 	// (it was started outside it), or nil.
@@ -62,6 +64,9 @@ func (r *reapedRunner) Start(context.Context) error {
 		r.errW.Close()
 		r.stdout.Close()
 		r.stderr.Close()
+		for _, f := range r.cmd.ExtraFiles {
+			f.Close()
+		}
 		return fmt.Errorf("start %s: killed before it started", r.cmd.Path)
 	}
 	ch, err := r.reaper.Start(r.cmd)
@@ -84,9 +89,14 @@ func (r *reapedRunner) Start(context.Context) error {
 		r.stderr.Close()
 		return fmt.Errorf("start %s: %w", r.cmd.Path, err)
 	}
+	r.pid = r.cmd.Process.Pid
 	go func() {
 		r.exit = <-ch
+		// Under mu: a Kill from another goroutine uses the Process.
+		r.mu.Lock()
+		r.reaped = true
 		_ = r.cmd.Process.Release()
+		r.mu.Unlock()
 		close(r.exited)
 	}()
 	return nil
@@ -114,10 +124,8 @@ func (r *reapedRunner) Kill(context.Context) error {
 	if r.cmd.Process == nil {
 		return nil // not started; Start now refuses
 	}
-	select {
-	case <-r.exited:
+	if r.reaped {
 		return nil
-	default:
 	}
 	// Release only happens after the reap, so the pidfd still names our child.
 	if err := r.cmd.Process.Kill(); err != nil && err != os.ErrProcessDone {
@@ -131,10 +139,12 @@ func (r *reapedRunner) Stderr() io.ReadCloser { return r.stderr }
 func (r *reapedRunner) Name() string          { return r.cmd.Path }
 
 func (r *reapedRunner) ID() string {
-	if r.cmd.Process == nil {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.pid == 0 {
 		return ""
 	}
-	return fmt.Sprint(r.cmd.Process.Pid)
+	return fmt.Sprint(r.pid)
 }
 
 func (r *reapedRunner) Diagnose(context.Context) string {

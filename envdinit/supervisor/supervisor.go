@@ -237,6 +237,14 @@ func (s *Supervisor) holdBack(m *managed) bool {
 
 // keep runs one plugin until Stop, restarting it when it exits.
 func (s *Supervisor) keep(m *managed) {
+	// A stop before the replacement took the predecessor's fds (a stop
+	// during its handshake) leaves them to nobody else.
+	defer func() {
+		if m.carried != nil {
+			m.carried.close()
+			m.carried = nil
+		}
+	}()
 	backoff := s.opts.MinBackoff
 	var swapAt time.Time // when the swap being done was asked for
 	for {
@@ -422,6 +430,9 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 					if err != nil {
 						return nil, fmt.Errorf("fds for %s's take-over: %w", m.spec.Name, err)
 					}
+					// Closed with the sockets when launch returns, whether or
+					// not the plugin started (a stop during the handshake).
+					theirFiles = append(theirFiles, dups...)
 					nums := make([]string, len(dups))
 					for i := range dups {
 						nums[i] = fmt.Sprint(3 + len(cmd.ExtraFiles) + i)
