@@ -147,6 +147,10 @@ type instance struct {
 	unwatch func()
 	// carrySock is envd-init's end of the plugin's carry socket, or nil.
 	carrySock *os.File
+	// sockDir is Options.SocketDir, where the plugin's socket directory
+	// lies (removed with it), or "".
+	sockDir string
+	log     *zap.Logger
 }
 
 // status describes how the plugin ended.
@@ -162,6 +166,10 @@ func (i *instance) close() {
 	i.client.Kill()
 	if i.carrySock != nil {
 		i.carrySock.Close()
+	}
+	if i.runner != nil {
+		// Killed (or gone): its sockets serve nobody any more.
+		removeSocketDir(i.log, i.sockDir, i.health.GetHttpSocket())
 	}
 	if i.runner == nil {
 		// go-plugin leaves an attached plugin and its connection alone.
@@ -196,6 +204,10 @@ const (
 // Start launches the plugins in order (see othersAfter) and keeps them
 // running until Stop.
 func (s *Supervisor) Start() {
+	if s.opts.SocketDir != "" {
+		// Never in the system temp dir: only envd's own directory.
+		go removeStale(s.log, s.opts.SocketDir, time.Now())
+	}
 	if s.opts.WatchFiles {
 		go s.watchFiles()
 	}
@@ -488,7 +500,7 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 	if !ok {
 		return fail(fmt.Errorf("%s dispensed %T, want a gRPC connection", m.spec.Name, raw))
 	}
-	inst := &instance{client: client, conn: conn, control: controlpb.NewControlClient(conn), runner: run, carrySock: carrySock}
+	inst := &instance{client: client, conn: conn, control: controlpb.NewControlClient(conn), runner: run, carrySock: carrySock, sockDir: s.opts.SocketDir, log: m.log}
 	if reattach != nil {
 		gone, unwatch, err := processGone(reattach.Pid)
 		if err != nil {

@@ -349,6 +349,7 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem, dbg *debugServer, 
 	var (
 		grpcSrv  *grpc.Server
 		httpSrvs []*http.Server
+		httpDir  string // removed on every way out, os.Exit included
 	)
 	carried := carry.Inherited()
 	ctl := controllable{Subsystem: sub, carrySock: carry.FromEnv(), carried: &carried}
@@ -381,6 +382,7 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem, dbg *debugServer, 
 			log.Error("http socket dir", zap.Error(err))
 			return 1
 		}
+		httpDir = dir
 		defer os.RemoveAll(dir)
 		ctl.socket = filepath.Join(dir, "http.sock")
 		ln, err := net.Listen("unix", ctl.socket)
@@ -425,6 +427,9 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem, dbg *debugServer, 
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			_ = sub.Shutdown(ctx)
+			if httpDir != "" {
+				_ = os.RemoveAll(httpDir)
+			}
 			os.Exit(0)
 		}()
 	} else {
