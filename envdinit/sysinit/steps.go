@@ -207,7 +207,8 @@ func writeResolvConf(dns string) error {
 
 // switchRoot mounts the root= device, moves /dev onto it, frees the
 // initramfs and execs the real root's envd-init with the same arguments.
-// It returns only on failure.
+// It returns only on a failure before the initramfs is freed (PID 1 then
+// stays in it); after that, a failure powers the machine off.
 func (s *System) switchRoot() error {
 	p := s.params
 	dev := p.Root
@@ -235,9 +236,11 @@ func (s *System) switchRoot() error {
 	if err := unix.Mount(dev, newRoot, p.RootFSType, flags, ""); err != nil {
 		return fmt.Errorf("mount %s (%s) on %s: %w", dev, p.RootFSType, newRoot, err)
 	}
-	if _, err := os.Stat(filepath.Join(newRoot, p.Init)); err != nil {
+	// Past freeInitramfs there is no way back: make sure the exec can work
+	// while staying in the initramfs still can.
+	if err := checkExecutable(newRoot, p.Init); err != nil {
 		_ = unix.Unmount(newRoot, 0)
-		return fmt.Errorf("no init in the root filesystem: %w", err)
+		return fmt.Errorf("no usable init in the root filesystem: %w", err)
 	}
 	// /dev keeps the console fds' device; /proc and /sys are unmounted so
 	// that the next envd-init sees a fresh system and does the bring-up.
@@ -248,6 +251,20 @@ func (s *System) switchRoot() error {
 	_ = unix.Unmount("/sys", unix.MNT_DETACH)
 	_ = unix.Unmount("/proc", unix.MNT_DETACH)
 	freeInitramfs(newRoot)
+	// The initramfs is gone: PID 1 must not carry on in what is left.
+	if err := enterRoot(newRoot); err != nil {
+		s.powerOffAfterSwitch(err)
+	}
+	s.log.Info("switching to the root filesystem", zap.String("root", dev), zap.String("init", p.Init))
+	_ = s.log.Sync()
+	argv := append([]string{p.Init}, os.Args[1:]...)
+	err := unix.Exec(p.Init, argv, os.Environ())
+	s.powerOffAfterSwitch(fmt.Errorf("exec %s: %w", p.Init, err))
+	return nil // not reached
+}
+
+// enterRoot makes newRoot the root (the switch_root dance).
+func enterRoot(newRoot string) error {
 	if err := os.Chdir(newRoot); err != nil {
 		return fmt.Errorf("chdir %s: %w", newRoot, err)
 	}
@@ -260,11 +277,21 @@ func (s *System) switchRoot() error {
 	if err := os.Chdir("/"); err != nil {
 		return fmt.Errorf("chdir /: %w", err)
 	}
-	s.log.Info("switching to the root filesystem", zap.String("root", dev), zap.String("init", p.Init))
+	return nil
+}
+
+// powerOffAfterSwitch ends a switch that failed after the initramfs was
+// freed: neither it nor the root can run envd (no /proc, no /sys, no
+// bring-up), and a PID 1 that returns panics the kernel; a power-off
+// tells the host at once. It never returns.
+func (s *System) powerOffAfterSwitch(err error) {
+	s.log.Error("switch to the root filesystem failed after the initramfs was freed; powering off", zap.Error(err))
 	_ = s.log.Sync()
-	argv := append([]string{p.Init}, os.Args[1:]...)
-	err := unix.Exec(p.Init, argv, os.Environ())
-	return fmt.Errorf("exec %s: %w", p.Init, err)
+	unix.Sync()
+	rerr := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+	s.log.Error("reboot(2) failed; halting here", zap.Error(rerr))
+	_ = s.log.Sync()
+	select {}
 }
 
 // freeInitramfs deletes the initramfs' files (its memory is not given back
