@@ -199,15 +199,18 @@ func (v *Vault) serve(p *peer) {
 			v.deposit(m.Rec, files)
 			continue // no ack: deposits do not wait
 		case fdvault.OpExiting:
+			closeFiles(files)
 			v.exiting(p, m.Pid, m.Seq, m.Status)
 			continue // not acknowledged
 		case fdvault.OpForget:
+			closeFiles(files)
 			v.forget(m.Pid, m.Seq)
 			continue // not acknowledged
 		case fdvault.OpSync:
 		case fdvault.OpCloseStdin:
 			v.closeStdin(m.Pid)
 		case fdvault.OpFetch:
+			closeFiles(files)
 			if err := v.fetch(p, m.ID); err != nil {
 				v.log.Warn("vault fetch", zap.Error(err))
 				return
