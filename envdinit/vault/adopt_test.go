@@ -88,8 +88,10 @@ func TestFailedAdoptionEndsAndForgetsTheProcess(t *testing.T) {
 		t.Fatal("the process nobody adopted is still running")
 	}
 	// Its whole group went (a killed member is a zombie until its new
-	// parent reaps it).
+	// parent reaps it: init, or this test when an earlier test made it a
+	// subreaper).
 	for deadline := time.Now().Add(20 * time.Second); unix.Kill(-pid, 0) == nil; time.Sleep(5 * time.Millisecond) {
+		_, _ = unix.Wait4(-pid, nil, unix.WNOHANG, nil)
 		if time.Now().After(deadline) {
 			t.Fatal("the process's group outlived it")
 		}
