@@ -1,11 +1,10 @@
 // Package frontdoor is envd-init's listener and runs in envd-init: one port
 // serving HTTP/1.1 and h2c, CORS, the access-token gate, caller identity, the
 // host endpoints, and the proxy that passes every Connect, gRPC and gRPC-Web
-// call to the plugin that owns it (a ListDir answer crosses it already
-// encoded for the client). Big /files transfers over HTTP/1 are handed to
-// envd-fs with the client's connection itself, so their bytes never cross
-// envd-init; small ones, h2c requests, and requests while envd-fs is down go
-// through a reverse proxy over envd-fs's Unix socket (docs/architecture.md).
+// call to the plugin that owns it. /files and ListDir over HTTP/1 are handed
+// to envd-fs with the client's connection itself, so their bytes never cross
+// envd-init; h2c requests, and requests while envd-fs is down, go through a
+// reverse proxy over envd-fs's Unix socket (docs/architecture.md).
 package frontdoor
 
 import (
@@ -21,7 +20,6 @@ import (
 
 	"connectrpc.com/connect"
 	connectcors "connectrpc.com/cors"
-	fspb "github.com/envd-project/envd/gen/filesystem"
 	"github.com/envd-project/envd/gen/filesystem/filesystemconnect"
 	"github.com/envd-project/envd/gen/process/processconnect"
 	"github.com/envd-project/envd/internal/memtrim"
@@ -79,28 +77,14 @@ func New(opts Options) *Server {
 	mux := http.NewServeMux()
 	handlerOpts := connectadapter.HandlerOptions(opts.Users)
 	mux.Handle(connectadapter.NewProcessHandler(&grpcadapter.ProcessClient{Plugin: contract.Proc, Conn: opts.Conn(contract.Proc), Streams: opts.Streams}, handlerOpts...))
-	fsClient := &grpcadapter.FilesystemClient{Plugin: contract.FS, Conn: opts.Conn(contract.FS)}
-	fsPath, fsProxy := connectadapter.NewFilesystemHandler(fsClient, handlerOpts...)
+	fsPath, fsProxy := connectadapter.NewFilesystemHandler(&grpcadapter.FilesystemClient{Plugin: contract.FS, Conn: opts.Conn(contract.FS)}, handlerOpts...)
 	mux.Handle(fsPath, fsProxy)
-	// A ListDir answer crosses the hop already encoded in the client's
-	// codec: it is not decoded and encoded again here (~17 ms of a
-	// 10,000-entry listing), and a small listing costs a hop, not a
-	// handoff (about half the CPU).
-	listDirPath, listDir := connectadapter.NewListDirHandler(func(ctx context.Context, req *fspb.ListDirRequest, codec string) (*connectadapter.Encoded, error) {
-		b, msg, err := fsClient.ListDirEncoded(ctx, req, codec)
-		if err != nil {
-			return nil, err
-		}
-		if msg != nil {
-			return &connectadapter.Encoded{Msg: msg}, nil
-		}
-		return &connectadapter.Encoded{Bytes: b}, nil
-	}, handlerOpts...)
-	mux.Handle("POST "+listDirPath, listDir)
-	// A file's bytes are served by envd-fs on the client's own
-	// connection, which comes back after the response; small ones go
-	// through the proxy.
+	// A file's bytes and a ListDir answer (which then is not re-encoded
+	// across the hop: ~17 ms of a 10,000-entry listing) are served by
+	// envd-fs on the client's own connection, which comes back after the
+	// response; short calls and RPC streams are cheaper through the hop.
 	fsSock := func() (string, error) { return opts.Handoff(contract.FS) }
+	mux.Handle("POST "+fsPath+"ListDir", &handoffRoute{log: opts.Log, plugin: contract.FS, next: fsProxy, sock: fsSock, back: s.backLn.put})
 	files := &handoffRoute{log: opts.Log, plugin: contract.FS,
 		next: newFilesProxy(opts.Log, func(ctx context.Context) (string, error) { return opts.Socket(ctx, contract.FS) }),
 		sock: fsSock, back: s.backLn.put, offer: true}

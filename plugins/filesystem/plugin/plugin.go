@@ -57,7 +57,6 @@ func (s *subsystem) Resume(ctx context.Context, state []byte, files []*os.File) 
 
 func (s *subsystem) RegisterGRPC(srv *grpc.Server) {
 	fspb.RegisterFilesystemServer(srv, grpcadapter.NewFilesystemServer(s.svc))
-	grpcadapter.RegisterEncodedFilesystem(srv, s.svc, connectadapter.EncodeAs)
 }
 
 func (s *subsystem) Mount(mux *http.ServeMux, opts ...connect.HandlerOption) {
