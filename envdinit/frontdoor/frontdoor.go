@@ -3,8 +3,9 @@
 // host endpoints, and the proxy that passes every Connect, gRPC and gRPC-Web
 // call to the plugin that owns it. /files and ListDir over HTTP/1 are handed
 // to envd-fs with the client's connection itself, so their bytes never cross
-// envd-init; h2c requests, and requests while envd-fs is down, go through a
-// reverse proxy over envd-fs's Unix socket (docs/architecture.md).
+// envd-init; small downloads and uploads, h2c requests, and requests while
+// envd-fs is down go through a reverse proxy over envd-fs's Unix socket
+// (docs/architecture.md).
 package frontdoor
 
 import (
