@@ -3,8 +3,9 @@
 // host endpoints, and the proxy that passes every Connect, gRPC and gRPC-Web
 // call to the plugin that owns it. /files and ListDir over HTTP/1 are handed
 // to envd-fs with the client's connection itself, so their bytes never cross
-// envd-init; h2c requests, and requests while envd-fs is down, go through a
-// reverse proxy over envd-fs's Unix socket (docs/architecture.md).
+// envd-init; small downloads and uploads, h2c requests, and requests while
+// envd-fs is down go through a reverse proxy over envd-fs's Unix socket
+// (docs/architecture.md).
 package frontdoor
 
 import (
@@ -236,6 +237,10 @@ func newFilesProxy(log *zap.Logger, socket func(ctx context.Context) (string, er
 		WriteBufferSize:    proxyBuffer,
 		ReadBufferSize:     proxyBuffer,
 		DisableCompression: true,
+		// A gated upload's body waits for the plugin's 100 Continue; the
+		// gate, not the transport, decides when to stop waiting
+		// (handoff.AckTimeout), so this only has to be longer.
+		ExpectContinueTimeout: 2 * handoff.AckTimeout,
 	}
 	return &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -245,6 +250,11 @@ func newFilesProxy(log *zap.Logger, socket func(ctx context.Context) (string, er
 			pr.Out.Header.Del(handoff.OfferHeader)
 			if _, ok := pr.In.Context().Value(offerKey{}).(offer); ok {
 				pr.Out.Header.Set(handoff.OfferHeader, "1")
+			}
+			if g, ok := pr.In.Context().Value(gateKey{}).(*uploadGate); ok && pr.Out.Body != nil {
+				pr.Out.Header.Set(handoff.OfferHeader, "1")
+				pr.Out.Header.Set("Expect", "100-continue")
+				pr.Out.Body = gatedBody{ReadCloser: pr.Out.Body, g: g}
 			}
 		},
 		ModifyResponse: func(res *http.Response) error {
@@ -256,6 +266,10 @@ func newFilesProxy(log *zap.Logger, socket func(ctx context.Context) (string, er
 		Transport:  transport,
 		BufferPool: bufferPool{},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if revokedUpload(r) {
+				resterr.Write(w, http.StatusServiceUnavailable, fmt.Sprintf("plugin %s is unavailable: it did not take the request within %s", contract.FS, handoff.AckTimeout))
+				return
+			}
 			if errors.Is(err, errDeclined) {
 				if !r.Context().Value(offerKey{}).(offer)(w, r) {
 					resterr.Write(w, http.StatusServiceUnavailable, "file transfer failed: plugin envd-fs did not take the connection")

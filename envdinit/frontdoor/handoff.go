@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/envd-project/envd/internal/resterr"
@@ -50,11 +52,108 @@ func (h *handoffRoute) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}))))
 		return
 	}
+	if h.offer && r.Method == http.MethodPost && r.ContentLength > 0 && r.ContentLength <= handoff.OfferLimit && len(r.TransferEncoding) == 0 {
+		h.gatedUpload(w, r)
+		return
+	}
 	if h.handOff(w, r, path) {
 		return
 	}
 	h.next.ServeHTTP(w, r)
 }
+
+// gatedUpload passes a small upload of known length through the proxy
+// (one HTTP exchange on a kept Unix connection costs less than a handoff's
+// four messages and two passed fds) with the handoff's promise kept: the
+// plugin acts on nothing that envd-init has already answered for it. The
+// request goes out with Expect: 100-continue and its body is sent only
+// after the plugin's 100 Continue, unless AckTimeout passed first: then
+// the client gets the handoff's 503 and the plugin never gets the body
+// (handoff.Offer drops a request whose body does not arrive whole).
+func (h *handoffRoute) gatedUpload(w http.ResponseWriter, r *http.Request) {
+	g := &uploadGate{}
+	ctx, cancel := context.WithCancel(context.WithValue(r.Context(), gateKey{}, g))
+	defer cancel()
+	t := time.AfterFunc(handoff.AckTimeout, func() {
+		if g.state.CompareAndSwap(gatePending, gateRevoked) {
+			cancel()
+		}
+	})
+	defer t.Stop()
+	h.next.ServeHTTP(&noContinue{ResponseWriter: w}, r.WithContext(ctx))
+}
+
+// uploadGate decides once between sending an upload's body to the plugin
+// (its 100 Continue came) and answering the client without it.
+type uploadGate struct{ state atomic.Int32 }
+
+const (
+	gatePending int32 = iota
+	gateSent
+	gateRevoked
+)
+
+type gateKey struct{}
+
+// revokedUpload reports whether r's upload was answered for the plugin.
+func revokedUpload(r *http.Request) bool {
+	g, ok := r.Context().Value(gateKey{}).(*uploadGate)
+	return ok && g.state.Load() == gateRevoked
+}
+
+// gatedBody is the body of a gated upload: the proxy's transport reads it
+// only after the plugin's 100 Continue.
+type gatedBody struct {
+	io.ReadCloser
+	g *uploadGate
+}
+
+var errRevoked = errors.New("upload answered without the plugin")
+
+func (b gatedBody) Read(p []byte) (int, error) {
+	if !b.g.state.CompareAndSwap(gatePending, gateSent) && b.g.state.Load() != gateSent {
+		return 0, errRevoked
+	}
+	return b.ReadCloser.Read(p)
+}
+
+// noContinue keeps the plugin's 100 Continue, which answered envd-init's
+// own Expect, from the client (the proxy forwards 1xx answers). A client
+// that asked for one itself gets it from the front door's server when its
+// body is first read. The proxy clears the header map after a 1xx it
+// forwarded; the headers set before it (CORS) are put back in front of the
+// final answer's, as they would have been without the 1xx.
+type noContinue struct {
+	http.ResponseWriter
+	saved http.Header
+}
+
+func (w *noContinue) WriteHeader(code int) {
+	if code == http.StatusContinue {
+		w.saved = w.Header().Clone()
+		return
+	}
+	w.restore()
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *noContinue) Write(b []byte) (int, error) {
+	w.restore()
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *noContinue) restore() {
+	if w.saved == nil {
+		return
+	}
+	h := w.Header()
+	for k, v := range w.saved {
+		h[k] = append(v, h[k]...)
+	}
+	w.saved = nil
+}
+
+func (w *noContinue) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // canHandOff returns the plugin's handoff socket if r can be handed over.
 func (h *handoffRoute) canHandOff(r *http.Request) (string, bool) {

@@ -53,6 +53,9 @@ func percentile(d []time.Duration, p float64) time.Duration {
 }
 
 func main() {
+	if floorRole() {
+		return
+	}
 	args := os.Args[1:]
 	shortMode := len(args) > 0 && args[0] == "-short"
 	if shortMode {
@@ -85,6 +88,7 @@ func main() {
 		name string
 		fn   func() error
 	}{
+		{"hop floor", benchFloor},
 		{"process", benchProcess},
 		{"memory", benchMemory},
 		{"cold start", benchColdStart},

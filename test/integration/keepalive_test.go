@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bufio"
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"mime/multipart"
+	"net"
 	"net/http"
 	"net/http/httptrace"
 	"os"
@@ -296,4 +298,58 @@ func TestStoppedPluginNeverWritesLater(t *testing.T) {
 	if b, _ := os.ReadFile(target); string(b) != "original" {
 		t.Fatalf("file written after the client was told it failed: %q", b)
 	}
+}
+
+// A small upload goes through envd-init's proxy with its own Expect:
+// 100-continue to envd-fs: the client sees none of that. It gets the same
+// headers a handed-over upload gets (CORS included), no 100 Continue it did
+// not ask for, and exactly one when it asked.
+func TestSmallUploadLooksHandedOver(t *testing.T) {
+	e := envdtest.Start(t)
+	dir := t.TempDir()
+	addr := strings.TrimPrefix(e.URL, "http://")
+	upload := func(name string, expect bool) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+		body := "small upload"
+		head := fmt.Sprintf("POST /files?username=root&path=%s HTTP/1.1\r\nHost: x\r\nOrigin: http://client.example\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n",
+			filepath.Join(dir, name), len(body))
+		if expect {
+			head += "Expect: 100-continue\r\n"
+		}
+		if _, err := io.WriteString(c, head+"\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		br := bufio.NewReader(c)
+		if expect {
+			line, err := br.ReadString('\n')
+			if err != nil || !strings.Contains(line, " 100 ") {
+				t.Fatalf("answer to Expect: %q %v", line, err)
+			}
+			if blank, _ := br.ReadString('\n'); blank != "\r\n" {
+				t.Fatalf("100 Continue with headers: %q", blank)
+			}
+		}
+		if _, err := io.WriteString(c, body); err != nil {
+			t.Fatal(err)
+		}
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if res.StatusCode != http.StatusOK || res.Header.Get("Access-Control-Allow-Origin") != "*" || res.Header.Get("Vary") != "Origin" {
+			t.Errorf("upload (expect=%v): %d %v", expect, res.StatusCode, res.Header)
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, name)); err != nil || string(b) != body {
+			t.Errorf("uploaded file: %q %v", b, err)
+		}
+	}
+	upload("a", false)
+	upload("b", true)
 }

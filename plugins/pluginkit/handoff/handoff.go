@@ -414,15 +414,31 @@ var errDeclined = errors.New("handoff: answered by handoff instead")
 // Offer wraps a plugin's proxied HTTP handler: a GET that carries
 // OfferHeader and would answer 200/206 with a body of unknown length or
 // above OfferLimit is declined, so that envd-init hands the connection over.
+//
+// A small upload carrying OfferHeader (a body of known length up to
+// OfferLimit, sent with Expect: 100-continue) is read whole before the
+// handler sees it: reading it sends the 100 Continue that envd-init waits
+// for before it sends the body, and envd-init sends none once it has told
+// the client that the plugin did not take the request (AckTimeout). A body
+// that does not arrive whole is such a revoked request: it is dropped
+// without an answer and has no effect.
 func Offer(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		offered := r.Header.Get(OfferHeader) != ""
 		r.Header.Del(OfferHeader)
-		if r.Method != http.MethodGet || !offered {
+		switch {
+		case offered && r.Method == http.MethodGet:
+			next.ServeHTTP(&offerWriter{ResponseWriter: w}, r)
+		case offered && r.Method == http.MethodPost && r.ContentLength > 0 && r.ContentLength <= OfferLimit:
+			body := make([]byte, r.ContentLength)
+			if _, err := io.ReadFull(r.Body, body); err != nil {
+				panic(http.ErrAbortHandler)
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
 			next.ServeHTTP(w, r)
-			return
+		default:
+			next.ServeHTTP(w, r)
 		}
-		next.ServeHTTP(&offerWriter{ResponseWriter: w}, r)
 	})
 }
 

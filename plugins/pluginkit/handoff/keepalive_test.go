@@ -315,3 +315,61 @@ func httptestServer(t *testing.T, h http.Handler) string {
 	t.Cleanup(func() { srv.Close() })
 	return "http://" + ln.Addr().String()
 }
+
+// A small upload offered through the proxy reaches the handler only once
+// its body is whole (envd-init sends it after the plugin's 100 Continue,
+// and never once it has answered the client itself): a body cut short is
+// dropped without an answer and the handler never runs.
+func TestOfferedUploadActsOnlyOnAWholeBody(t *testing.T) {
+	got := make(chan string, 4)
+	srv := httptestServer(t, Offer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got <- string(b)
+		_, _ = io.WriteString(w, "stored")
+	})))
+	addr := strings.TrimPrefix(srv, "http://")
+	send := func(declared int, body string) (string, error) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(c, "POST /files HTTP/1.1\r\nHost: x\r\n%s: 1\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n", OfferHeader, declared)
+		br := bufio.NewReader(c)
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return "", err
+		}
+		if !strings.Contains(line, " 100 ") {
+			t.Fatalf("first answer %q, want a 100 Continue before the body", line)
+		}
+		if _, err := br.ReadString('\n'); err != nil { // the 100's blank line
+			return "", err
+		}
+		_, _ = io.WriteString(c, body)
+		if len(body) < declared {
+			_ = c.(*net.TCPConn).CloseWrite()
+		}
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return "", err
+		}
+		b, _ := io.ReadAll(res.Body)
+		return fmt.Sprintf("%d %s", res.StatusCode, b), nil
+	}
+	if a, err := send(5, "hello"); err != nil || a != "200 stored" {
+		t.Fatalf("whole body: %q %v", a, err)
+	}
+	if b := <-got; b != "hello" {
+		t.Fatalf("handler got %q", b)
+	}
+	if a, err := send(10, "hel"); err == nil {
+		t.Fatalf("a body cut short was answered: %q", a)
+	}
+	select {
+	case b := <-got:
+		t.Fatalf("the handler ran on a body cut short: %q", b)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
