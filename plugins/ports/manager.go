@@ -95,6 +95,22 @@ type Manager struct {
 	dirty    bool // options changed or resumed: reconcile even if no listener changed
 	reset    bool // the scanner must forget its state (after Resume)
 	forwards map[uint16]*forward
+
+	// work is told about work done without a request (see OnWork).
+	work func()
+}
+
+// OnWork sets fn to be called after work that no request asked for: a
+// reconcile that started or stopped forwards, and each forwarded
+// connection's end. envd-net's idle trim counts it as activity, so the
+// memory and code pages that work touched go back once it is over. Call
+// before Run.
+func (m *Manager) OnWork(fn func()) { m.work = fn }
+
+func (m *Manager) worked() {
+	if m.work != nil {
+		m.work()
+	}
 }
 
 // New returns a Manager; nothing happens until Run.
@@ -154,6 +170,7 @@ func (m *Manager) Run(ctx context.Context) error {
 				if !m.paused && (len(added) > 0 || len(removed) > 0 || m.dirty || pending) {
 					m.dirty = false
 					pending = !m.reconcileLocked(sc.Listeners())
+					m.worked()
 				}
 				m.mu.Unlock()
 			}
@@ -230,6 +247,7 @@ func (m *Manager) reconcileLocked(listeners map[Key]Socket) (complete bool) {
 		f := m.forwards[port]
 		if f == nil {
 			f = newForward(m.log, port)
+			f.work = m.work
 			m.forwards[port] = f
 		}
 		slices.Sort(pi.inodes)

@@ -53,13 +53,24 @@ const MaxHeaderListSize = 1 << 20
 // needs no bandwidth-delay probing (grpc-go pings on every data frame to
 // size its window otherwise), and one shared write buffer per connection
 // saves an allocation per stream.
-const window = 4 << 20
+//
+// The stream window is what the receiving side may be made to hold for
+// one stream whose reader is slower than its writer: envd-init, for
+// process output on its way to a slow client, held up to its 4 MiB (the
+// SDK's suite peaked there). 512 KiB keeps a stream at full speed on a
+// Unix socket (a window update every 128 KiB read); the connection's
+// window is credited as bytes arrive, not as a stream reads them, so it
+// stays large and never holds memory.
+const (
+	window       = 4 << 20
+	streamWindow = 512 << 10
+)
 
 // DialOptions are envd-init's options for the gRPC connection to a plugin.
 func DialOptions() []grpc.DialOption {
 	return []grpc.DialOption{
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageSize), grpc.MaxCallSendMsgSize(MaxMessageSize)),
-		grpc.WithInitialWindowSize(window),
+		grpc.WithInitialWindowSize(streamWindow),
 		grpc.WithInitialConnWindowSize(window),
 		grpc.WithSharedWriteBuffer(true),
 		grpc.WithMaxHeaderListSize(MaxHeaderListSize),
@@ -70,7 +81,7 @@ func DialOptions() []grpc.DialOption {
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxMessageSize), grpc.MaxSendMsgSize(MaxMessageSize),
-		grpc.InitialWindowSize(window),
+		grpc.InitialWindowSize(streamWindow),
 		grpc.InitialConnWindowSize(window),
 		grpc.SharedWriteBuffer(true),
 		grpc.MaxHeaderListSize(MaxHeaderListSize),
