@@ -101,7 +101,7 @@ type Manager struct {
 }
 
 // OnWork sets fn to be called after work that no request asked for: a
-// reconcile that started or stopped forwards, and each forwarded
+// reconcile after listeners or options changed, and each forwarded
 // connection's end. envd-net's idle trim counts it as activity, so the
 // memory and code pages that work touched go back once it is over. Call
 // before Run.
@@ -168,9 +168,15 @@ func (m *Manager) Run(ctx context.Context) error {
 				lastErr = ""
 				m.mu.Lock()
 				if !m.paused && (len(added) > 0 || len(removed) > 0 || m.dirty || pending) {
+					// A retry of a forward that cannot listen yet (pending)
+					// comes every scan: not work for the trim, which would
+					// then never see a quiet interval.
+					changed := len(added) > 0 || len(removed) > 0 || m.dirty
 					m.dirty = false
 					pending = !m.reconcileLocked(sc.Listeners())
-					m.worked()
+					if changed {
+						m.worked()
+					}
 				}
 				m.mu.Unlock()
 			}
