@@ -15,6 +15,8 @@ import (
 	controlpb "github.com/envd-project/envd/gen/control"
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/experimental"
+	"google.golang.org/grpc/mem"
 )
 
 // Plugin names; also the file names of their executables in the bundle.
@@ -66,6 +68,15 @@ const (
 	streamWindow = 512 << 10
 )
 
+// hopBuffers is the pool both sides of the hop take message buffers from
+// (marshaling what they send, reading what they receive). grpc-go's default
+// tiers are 256 B, 4, 16, 32 KiB and 1 MiB, and a process output event
+// carries a 32 KiB pipe read (WIRE §5.1) plus a few bytes of framing: every
+// such message took a 1 MiB buffer, which grpc-go also zeroes whole on each
+// reuse (a 16 KiB terminal read took 32 KiB). The 33 and 17 KiB tiers fit
+// them (tested); 256 KiB serves what lies between.
+var hopBuffers = mem.NewTieredBufferPool(256, 4<<10, 16<<10, 17<<10, 32<<10, 33<<10, 256<<10, 1<<20)
+
 // DialOptions are envd-init's options for the gRPC connection to a plugin.
 func DialOptions() []grpc.DialOption {
 	return []grpc.DialOption{
@@ -74,6 +85,7 @@ func DialOptions() []grpc.DialOption {
 		grpc.WithInitialConnWindowSize(window),
 		grpc.WithSharedWriteBuffer(true),
 		grpc.WithMaxHeaderListSize(MaxHeaderListSize),
+		experimental.WithBufferPool(hopBuffers),
 	}
 }
 
@@ -85,6 +97,7 @@ func ServerOptions() []grpc.ServerOption {
 		grpc.InitialConnWindowSize(window),
 		grpc.SharedWriteBuffer(true),
 		grpc.MaxHeaderListSize(MaxHeaderListSize),
+		experimental.BufferPool(hopBuffers),
 	}
 }
 
