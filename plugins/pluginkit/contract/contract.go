@@ -74,8 +74,13 @@ const (
 // carries a 32 KiB pipe read (WIRE §5.1) plus a few bytes of framing: every
 // such message took a 1 MiB buffer, which grpc-go also zeroes whole on each
 // reuse (a 16 KiB terminal read took 32 KiB). The 33 and 17 KiB tiers fit
-// them (tested); 256 KiB serves what lies between.
+// them (tested); 256 KiB serves what lies between. It is the process's
+// default pool: grpc-go's proto codec takes its buffers from the default
+// pool whatever a connection's options say, and the hop is the only gRPC
+// in the tree.
 var hopBuffers = mem.NewTieredBufferPool(256, 4<<10, 16<<10, 17<<10, 32<<10, 33<<10, 256<<10, 1<<20)
+
+func init() { experimental.SetDefaultBufferPool(hopBuffers) }
 
 // DialOptions are envd-init's options for the gRPC connection to a plugin.
 func DialOptions() []grpc.DialOption {
@@ -85,7 +90,6 @@ func DialOptions() []grpc.DialOption {
 		grpc.WithInitialConnWindowSize(window),
 		grpc.WithSharedWriteBuffer(true),
 		grpc.WithMaxHeaderListSize(MaxHeaderListSize),
-		experimental.WithBufferPool(hopBuffers),
 	}
 }
 
@@ -97,7 +101,6 @@ func ServerOptions() []grpc.ServerOption {
 		grpc.InitialConnWindowSize(window),
 		grpc.SharedWriteBuffer(true),
 		grpc.MaxHeaderListSize(MaxHeaderListSize),
-		experimental.BufferPool(hopBuffers),
 	}
 }
 
