@@ -28,7 +28,6 @@ type forward struct {
 	ctx    context.Context // canceled by close: aborts dials to the target
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // accept loops and relays
-	work   func()         // the Manager's OnWork; nil for none
 
 	mu       sync.Mutex
 	has4     bool // a listener on 127.0.0.1:port exists
@@ -296,9 +295,6 @@ func (f *forward) drop(r *relay) {
 	f.mu.Lock()
 	delete(f.relays, r)
 	f.mu.Unlock()
-	if f.work != nil {
-		f.work()
-	}
 	r.client.Close()
 	if r.target != nil {
 		r.target.Close()

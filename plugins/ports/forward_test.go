@@ -3,14 +3,12 @@ package ports
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"runtime"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -223,30 +221,4 @@ func TestRunTwiceConcurrently(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return after cancel")
 	}
-}
-
-// A forwarded connection is work no request asked for: its end tells the
-// Manager's OnWork (envd-net's idle trim), once per connection.
-func TestForwardReportsWork(t *testing.T) {
-	port := echoServer(t)
-	var n atomic.Int32
-	f := newForward(zap.NewNop(), port)
-	f.work = func() { n.Add(1) } // as the Manager sets it: before it listens
-	t.Cleanup(f.close)
-	f.setTargets(true, false, nil)
-	if !f.ensure([]netip.Addr{ext127}) {
-		t.Skipf("cannot listen on %v: %+v", ext127, f.snapshot().Failed)
-	}
-	for range 2 {
-		c := dialLocal(t, hostPort(ext127, port))
-		if err := echo(c, 1<<10); err != nil {
-			t.Fatal(err)
-		}
-	}
-	waitFor(t, "two connections reported", 5*time.Second, func() error {
-		if got := n.Load(); got != 2 {
-			return fmt.Errorf("%d reported", got)
-		}
-		return nil
-	})
 }

@@ -95,22 +95,6 @@ type Manager struct {
 	dirty    bool // options changed or resumed: reconcile even if no listener changed
 	reset    bool // the scanner must forget its state (after Resume)
 	forwards map[uint16]*forward
-
-	// work is told about work done without a request (see OnWork).
-	work func()
-}
-
-// OnWork sets fn to be called after work that no request asked for: a
-// reconcile after listeners or options changed, and each forwarded
-// connection's end. envd-net's idle trim counts it as activity, so the
-// memory and code pages that work touched go back once it is over. Call
-// before Run.
-func (m *Manager) OnWork(fn func()) { m.work = fn }
-
-func (m *Manager) worked() {
-	if m.work != nil {
-		m.work()
-	}
 }
 
 // New returns a Manager; nothing happens until Run.
@@ -168,15 +152,8 @@ func (m *Manager) Run(ctx context.Context) error {
 				lastErr = ""
 				m.mu.Lock()
 				if !m.paused && (len(added) > 0 || len(removed) > 0 || m.dirty || pending) {
-					// A retry of a forward that cannot listen yet (pending)
-					// comes every scan: not work for the trim, which would
-					// then never see a quiet interval.
-					changed := len(added) > 0 || len(removed) > 0 || m.dirty
 					m.dirty = false
 					pending = !m.reconcileLocked(sc.Listeners())
-					if changed {
-						m.worked()
-					}
 				}
 				m.mu.Unlock()
 			}
@@ -253,7 +230,6 @@ func (m *Manager) reconcileLocked(listeners map[Key]Socket) (complete bool) {
 		f := m.forwards[port]
 		if f == nil {
 			f = newForward(m.log, port)
-			f.work = m.work
 			m.forwards[port] = f
 		}
 		slices.Sort(pi.inodes)

@@ -30,9 +30,6 @@ type subsystem struct {
 
 func build(env pluginmain.Env) (pluginmain.Subsystem, error) {
 	s := &subsystem{log: env.Log, mgr: ports.New(env.Log, ports.Options{}), done: make(chan struct{})}
-	// Forwards start, stop and carry connections without a request: the
-	// idle trim must hear of it.
-	s.mgr.OnWork(env.Trim.Touch)
 	ctx, cancel := context.WithCancel(env.Run)
 	s.stop = cancel
 	go func() {
