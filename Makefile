@@ -11,7 +11,7 @@ PLUGINS   := envd-proc envd-fs envd-net
 # grpcnotrace: grpc without x/net/trace (and its html/template): smaller, faster to start.
 TAGS      := grpcnotrace
 
-.PHONY: all build run test test-go test-conformance gen vet bench bench-short bench-compare bench-compare-short fuzz fuzz-short stress swap-% clean rootfs install-rootfs vm-test
+.PHONY: all build run test test-go test-conformance gen vet bench bench-short bench-compare bench-compare-short bench-conformance fuzz fuzz-short stress swap-% clean rootfs install-rootfs vm-test
 
 all: build
 
@@ -53,6 +53,14 @@ bench: build
 # alternating rounds: p50, CPU per call, memory, ratios.
 bench-compare: build
 	ENVD_BUNDLE=$(CURDIR)/$(BIN) $(GO) run ./test/bench compare $(OTHER)
+
+# The tree's PSS while the JS SDK conformance suite runs RUNS times against
+# one tree: idle, peak and 10 s after each run (as root). The SDK talks to
+# port 49983, so this runs in a network namespace of its own (unshare: it
+# goes away with the command).
+RUNS ?= 2
+bench-conformance: build
+	unshare --net sh -c 'ip link set lo up && ENVD_BUNDLE=$(CURDIR)/$(BIN) $(GO) run ./test/bench conformance $(RUNS)'
 
 # Smoke modes for CI: every section runs a few calls; no figure is checked.
 bench-short: build

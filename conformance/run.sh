@@ -11,6 +11,9 @@
 #   ENVD_BIN          envd-init to start (default <repo>/bin/envd-init, built with make build)
 #   ENVD_FLAGS        replaces all flags (default: --isnotfc --port 49983 --flavor $ENVD_FLAVOR
 #                     $ENVD_EXTRA_FLAGS); lets the suite run against another envd build
+#   CONFORMANCE_RUNS  runs the suite that many times against the same envd (default 1)
+#   CONFORMANCE_PAUSE seconds of idleness before each run and after the last (default 0);
+#                     with CONFORMANCE_RUNS, what `make bench-conformance` samples memory across
 #
 # Must run as root: it creates the test user and envd switches users.
 set -euo pipefail
@@ -148,9 +151,20 @@ else
   files=(test/*.test.mjs)
 fi
 
+runs=${CONFORMANCE_RUNS:-1}
+pause=${CONFORMANCE_PAUSE:-0}
 set +e
-# ENVD_INIT_PID: tests that crash a plugin find it among envd-init's children.
-ENVD_INIT_PID=$envd_pid ENVD_CONFORMANCE_FLAVOR=$flavor E2B_DEBUG=true node --test --test-concurrency=1 --test-timeout=120000 "${files[@]}"
-status=$?
+status=0
+for run in $(seq 1 "$runs"); do
+  sleep "$pause"
+  # The bench's memory sampler (test/bench conformance) reads these lines.
+  echo "conformance: run $run of $runs starts"
+  # ENVD_INIT_PID: tests that crash a plugin find it among envd-init's children.
+  ENVD_INIT_PID=$envd_pid ENVD_CONFORMANCE_FLAVOR=$flavor E2B_DEBUG=true node --test --test-concurrency=1 --test-timeout=120000 "${files[@]}"
+  rc=$?
+  echo "conformance: run $run of $runs ends (status $rc)"
+  [ "$rc" -eq 0 ] || status=$rc
+done
+sleep "$pause"
 set -e
 exit "$status"

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -242,7 +243,15 @@ func run(cfg Config, log *zap.Logger, export *logexport.Exporter, sys *sysinit.S
 		ReservedPorts:  []uint32{uint32(cfg.Port)},
 		ForwardAddress: "169.254.0.21",
 	})
-	sup := supervisor.New(log.Named("supervisor"), rp, store, specs, supervisor.Options{SocketDir: socketDir(log), WatchFiles: true})
+	// A plugin (re)start is work for envd-init's idle trim; the front door
+	// that owns the trim is built below, and plugins start before it.
+	var trimDoor atomic.Pointer[frontdoor.Server]
+	sup := supervisor.New(log.Named("supervisor"), rp, store, specs, supervisor.Options{SocketDir: socketDir(log), WatchFiles: true,
+		OnWork: func() {
+			if d := trimDoor.Load(); d != nil {
+				d.Touch()
+			}
+		}})
 
 	ln, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(cfg.Port)))
 	if err != nil {
@@ -286,6 +295,7 @@ func run(cfg Config, log *zap.Logger, export *logexport.Exporter, sys *sysinit.S
 		Host:    host,
 		Users:   users.Default,
 	})
+	trimDoor.Store(door)
 	host.Start(ctx)
 
 	if cfg.Cmd != "" {

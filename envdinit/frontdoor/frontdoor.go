@@ -184,6 +184,10 @@ func (s *Server) CloseIdle() {
 // heap is returned to the OS.
 const trimIdle = 3 * time.Second
 
+// Touch counts work done without a request (a plugin restarted) as
+// activity for envd-init's idle trim, so what it touched is trimmed after.
+func (s *Server) Touch() { s.trim.Touch() }
+
 // Serve serves on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
 	ctx, cancel := context.WithCancel(context.Background())

@@ -68,6 +68,10 @@ type Options struct {
 	SocketDir string
 	// WatchFiles hot-swaps a plugin whose executable is replaced.
 	WatchFiles bool
+	// OnWork, when set, is called after each plugin start (first, restart,
+	// swap; failed too): envd-init's idle trim counts it as activity, as
+	// no request did that work (a restart touches megabytes of code).
+	OnWork func()
 }
 
 func (o *Options) setDefaults() {
@@ -267,6 +271,9 @@ func (s *Supervisor) keep(m *managed) {
 		}
 		began := time.Now()
 		inst, err := s.launch(m)
+		if s.opts.OnWork != nil {
+			s.opts.OnWork()
+		}
 		if err != nil {
 			m.log.Error("plugin start failed", zap.Error(err), zap.Duration("retry_in", backoff))
 		} else {
@@ -399,6 +406,10 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 		Logger:           hclog.New(&hclog.LoggerOptions{Output: io.Discard, Level: hclog.Off}),
 		// The plugin line carries its own caller; ours would be noise.
 		Stderr: &lineLogger{log: m.log.WithOptions(zap.WithCaller(false))},
+		// go-plugin reads stderr through a buffer of this size (64 KiB by
+		// default, for the life of the plugin, one per plugin); a longer
+		// line comes in pieces that lineLogger joins again.
+		PluginLogBufferSize: 4 << 10,
 		// go-plugin hands over a template command carrying the handshake
 		// environment; we run our own executable with it.
 		RunnerFunc: func(_ hclog.Logger, tmpl *exec.Cmd, _ string) (runner.Runner, error) {

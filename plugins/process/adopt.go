@@ -297,6 +297,7 @@ func (s *Service) adopt(a fdvault.Adopted) error {
 		p.seq = rec.Seq
 		s.retainEnd(p)
 		s.mu.Unlock()
+		s.slimRetained(p)
 		return nil
 	}
 	want := 3 // pidfd, stdout, stderr

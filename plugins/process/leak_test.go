@@ -94,3 +94,63 @@ func zombieChildren() []int {
 	}
 	return out
 }
+
+// A process that ended is kept for Connect for 30 s (WIRE §5.2) as a slim
+// record: a burst of short commands must not hold each one's config,
+// exec.Cmd, environment, files and logger for the whole retention. Not
+// parallel: it compares heap sizes.
+func TestRetainedRecordIsSlim(t *testing.T) {
+	s := New(nil, nil, users.Default, nil)
+	s.retain = time.Hour
+	defer s.Shutdown(context.Background())
+	env := map[string]string{}
+	for i := range 20 {
+		env["VAR_"+strconv.Itoa(i)] = strings.Repeat("v", 100)
+	}
+	// s.Start itself, not the stream helpers: they keep per-stream state
+	// until the test ends.
+	run := func(n int) {
+		for range n {
+			req := cmdReq("/bin/true")
+			req.Process.Envs = env
+			must(t, s.Start(context.Background(), req, func(*procpb.StartResponse) error { return nil }))
+		}
+	}
+	run(5) // warm-up: pools, lazily made runtime state
+	heap := func() uint64 {
+		var m runtime.MemStats
+		runtime.GC()
+		runtime.GC()
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	const n = 100
+	before := heap()
+	run(n)
+	// The lifecycle slims the record right after the end reaches the
+	// stream: wait for all n to be slim.
+	eventually(t, "every record slimmed", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		slim := 0
+		for _, p := range s.retained {
+			if p.config == nil && p.child == nil {
+				slim++
+			}
+		}
+		return slim >= n
+	})
+	per := (int64(heap()) - int64(before)) / n
+	s.mu.Lock()
+	kept := len(s.retained)
+	s.mu.Unlock()
+	if kept < n {
+		t.Fatalf("%d records retained, want ≥ %d", kept, n)
+	}
+	// A full record with this environment costs ~8 KiB; the slim one
+	// (pid, tag, seq, end event, timer) under 1 KiB.
+	if per > 1024 {
+		t.Errorf("each retained process holds %d bytes of heap, want ≤ 1024", per)
+	}
+	t.Logf("%d bytes of heap per retained process", per)
+}

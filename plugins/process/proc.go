@@ -383,6 +383,7 @@ func (s *Service) lifecycle(p *proc) {
 	p.end = endEvent(st, werr)
 	p.hub.Close()
 	p.log.Debug("process ended", zap.String("status", p.end.GetEnd().GetStatus()))
+	s.slimRetained(p)
 }
 
 // closeFiles detaches every fd from the record and returns them for closing.

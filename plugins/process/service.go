@@ -46,7 +46,13 @@ const (
 // Unmerged chunk data is shared by all subscribers and held only while
 // someone lags. A burst beyond this cuts a pipe subscriber off (or drops
 // terminal output for it), see package fanout.
-var subscriberLimits = fanout.Limits{Bytes: 8 << 20, Overhead: 160}
+//
+// Pipe output pauses (the kernel holds the writer back) once every
+// subscriber has 256 KiB queued, eight reads' worth: enough to keep a
+// stream busy, while a command printing megabytes to one slow client
+// (the SDK's own tests print 1 MB at once) no longer holds them in
+// envd-proc's heap, and the heap's growth goal with them.
+var subscriberLimits = fanout.Limits{Bytes: 8 << 20, Overhead: 160, Pause: 256 << 10}
 
 // Service implements service.Process.
 type Service struct {
@@ -90,18 +96,56 @@ func (s *Service) OnForget(fn func()) { s.forgot = fn }
 // caller holds s.mu.
 func (s *Service) retainEnd(p *proc) {
 	s.retained[p.pid] = p
-	p.expiry = time.AfterFunc(s.retain, func() {
+	// The closure holds the pid, not p: p would stay reachable through
+	// the timer for the whole retention, slimmed or not.
+	pid := p.pid
+	var expiry *time.Timer
+	expiry = time.AfterFunc(s.retain, func() {
 		s.mu.Lock()
-		dropped := s.retained[p.pid] == p
+		// The record may have been slimmed (a new *proc) since: the
+		// timer, which moves with it, says whether it is still this one.
+		r := s.retained[pid]
+		dropped := r != nil && r.expiry == expiry
 		if dropped {
-			delete(s.retained, p.pid)
+			delete(s.retained, pid)
 		}
 		s.mu.Unlock()
 		if dropped && s.forgot != nil {
 			s.forgot()
 		}
 	})
+	p.expiry = expiry
 }
+
+// slimRetained replaces p's record in the retention table, once its end
+// event is published, by one that holds only what Connect to an ended
+// process reads: pid, tag and start order (selectors), the closed hub
+// (a shared one: subscribing to it yields done at once) and the end event. The full
+// record keeps the config, the exec.Cmd with its environment and
+// ProcessState, the closed os.Files, a logger with its own encoder buffer
+// and the timers: ~6 KiB a process, which a burst of short commands
+// (hundreds within the 30 s retention) held for 30 s for no reader.
+// Requests that looked p up before keep using p itself; nothing changes
+// for them.
+func (s *Service) slimRetained(p *proc) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.retained[p.pid] != p {
+		return // superseded by a new process, dropped by Shutdown
+	}
+	s.retained[p.pid] = &proc{
+		pid: p.pid, seq: p.seq, tag: p.tag, hub: endedHub, end: p.end, expiry: p.expiry,
+		log: s.log,
+	}
+}
+
+// endedHub is the hub of every slim retained record: closed, so a
+// subscriber is done at once and is sent the record's end event.
+var endedHub = func() *fanout.Hub[*procpb.ProcessEvent] {
+	h := newHub(fanout.DropSubscriber, subscriberLimits)
+	h.Close()
+	return h
+}()
 
 var _ service.Process = (*Service)(nil)
 

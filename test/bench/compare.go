@@ -505,4 +505,4 @@ func dur(d time.Duration) string {
 	}
 }
 
-var errUsage = errors.New("usage: bench [compare [-short] [OTHER]] | bench [-short]")
+var errUsage = errors.New("usage: bench [compare [-short] [OTHER]] | bench conformance [RUNS] | bench [-short]")

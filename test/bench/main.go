@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -72,6 +73,22 @@ func main() {
 		}
 		if err := benchCompare(other, shortMode); err != nil {
 			fmt.Fprintln(os.Stderr, "compare:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if len(args) > 0 && args[0] == "conformance" {
+		runs := 2
+		if len(args) > 1 {
+			n, err := strconv.Atoi(args[1])
+			if err != nil || n < 1 {
+				fmt.Fprintln(os.Stderr, errUsage)
+				os.Exit(2)
+			}
+			runs = n
+		}
+		if err := benchConformance(runs); err != nil {
+			fmt.Fprintln(os.Stderr, "conformance:", err)
 			os.Exit(1)
 		}
 		return

@@ -15,6 +15,8 @@ import (
 	controlpb "github.com/envd-project/envd/gen/control"
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/experimental"
+	"google.golang.org/grpc/mem"
 )
 
 // Plugin names; also the file names of their executables in the bundle.
@@ -53,13 +55,38 @@ const MaxHeaderListSize = 1 << 20
 // needs no bandwidth-delay probing (grpc-go pings on every data frame to
 // size its window otherwise), and one shared write buffer per connection
 // saves an allocation per stream.
-const window = 4 << 20
+//
+// The stream window is what the receiving side may be made to hold for
+// one stream whose reader is slower than its writer: envd-init, for
+// process output on its way to a slow client, held up to its 4 MiB (the
+// SDK's suite peaked there). 512 KiB keeps a stream at full speed on a
+// Unix socket (a window update every 128 KiB read); the connection's
+// window is credited as bytes arrive, not as a stream reads them, so it
+// stays large and never holds memory.
+const (
+	window       = 4 << 20
+	streamWindow = 512 << 10
+)
+
+// hopBuffers is the pool both sides of the hop take message buffers from
+// (marshaling what they send, reading what they receive). grpc-go's default
+// tiers are 256 B, 4, 16, 32 KiB and 1 MiB, and a process output event
+// carries a 32 KiB pipe read (WIRE §5.1) plus a few bytes of framing: every
+// such message took a 1 MiB buffer, which grpc-go also zeroes whole on each
+// reuse (a 16 KiB terminal read took 32 KiB). The 33 and 17 KiB tiers fit
+// them (tested); 256 KiB serves what lies between. It is the process's
+// default pool: grpc-go's proto codec takes its buffers from the default
+// pool whatever a connection's options say, and the hop is the only gRPC
+// in the tree.
+var hopBuffers = mem.NewTieredBufferPool(256, 4<<10, 16<<10, 17<<10, 32<<10, 33<<10, 256<<10, 1<<20)
+
+func init() { experimental.SetDefaultBufferPool(hopBuffers) }
 
 // DialOptions are envd-init's options for the gRPC connection to a plugin.
 func DialOptions() []grpc.DialOption {
 	return []grpc.DialOption{
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageSize), grpc.MaxCallSendMsgSize(MaxMessageSize)),
-		grpc.WithInitialWindowSize(window),
+		grpc.WithInitialWindowSize(streamWindow),
 		grpc.WithInitialConnWindowSize(window),
 		grpc.WithSharedWriteBuffer(true),
 		grpc.WithMaxHeaderListSize(MaxHeaderListSize),
@@ -70,7 +97,7 @@ func DialOptions() []grpc.DialOption {
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxMessageSize), grpc.MaxSendMsgSize(MaxMessageSize),
-		grpc.InitialWindowSize(window),
+		grpc.InitialWindowSize(streamWindow),
 		grpc.InitialConnWindowSize(window),
 		grpc.SharedWriteBuffer(true),
 		grpc.MaxHeaderListSize(MaxHeaderListSize),

@@ -7,6 +7,9 @@ import (
 	"time"
 
 	controlpb "github.com/envd-project/envd/gen/control"
+	procpb "github.com/envd-project/envd/gen/process"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/proto"
 )
 
 type recorder struct {
@@ -59,5 +62,27 @@ func TestCrossingPushesLeaveTheNewest(t *testing.T) {
 	}
 	if got, _ := s.Health(ctx, nil); got.GetConfigGeneration() != 6 {
 		t.Fatalf("health reports generation %d", got.GetConfigGeneration())
+	}
+}
+
+// A process output event carrying a full 32 KiB pipe read (and a 16 KiB
+// terminal read) takes a buffer of about its size from the hop's pool, not
+// grpc-go's default 1 MiB tier (zeroed on every reuse).
+func TestHopBuffersFitOutputEvents(t *testing.T) {
+	data := &procpb.ProcessEvent{Event: &procpb.ProcessEvent_Data{Data: &procpb.ProcessEvent_DataEvent{
+		Output: &procpb.ProcessEvent_DataEvent_Stdout{Stdout: make([]byte, 32<<10)}}}}
+	pty := &procpb.ProcessEvent{Event: &procpb.ProcessEvent_Data{Data: &procpb.ProcessEvent_DataEvent{
+		Output: &procpb.ProcessEvent_DataEvent_Pty{Pty: make([]byte, 16<<10)}}}}
+	for name, m := range map[string]proto.Message{
+		"start stdout":   &procpb.StartResponse{Event: data},
+		"connect stdout": &procpb.ConnectResponse{Event: data},
+		"start pty":      &procpb.StartResponse{Event: pty},
+	} {
+		n := proto.Size(m)
+		b := mem.DefaultBufferPool().Get(n) // what the proto codec uses
+		if len(*b) != n || cap(*b) > n+(1<<10) {
+			t.Errorf("%s: a %d-byte message got a buffer of cap %d", name, n, cap(*b))
+		}
+		mem.DefaultBufferPool().Put(b)
 	}
 }

@@ -40,6 +40,12 @@ type Limits struct {
 	Overhead int
 	// Entries, when positive, also bounds the number of queued chunks.
 	Entries int
+	// Pause, when positive and below Bytes, is where WaitRoom holds a
+	// pausing producer back: once every subscriber has that much queued.
+	// A lone slow reader then costs Pause bytes of memory, not Bytes,
+	// while one slow reader among fast ones is still given up to Bytes
+	// before it is cut off.
+	Pause int
 }
 
 // Hub fans chunks out to subscribers. Use New.
@@ -203,9 +209,13 @@ func (h *Hub[T]) hasRoom(need int) bool {
 	if h.closed || len(h.subs) == 0 {
 		return true
 	}
+	limit := h.limits.Bytes
+	if p := h.limits.Pause; p > 0 && p < limit {
+		limit = p
+	}
 	for s := range h.subs {
 		s.mu.Lock()
-		ok := len(s.q) == 0 || s.cost+need <= h.limits.Bytes
+		ok := len(s.q) == 0 || s.cost+need <= limit
 		s.mu.Unlock()
 		if ok {
 			return true

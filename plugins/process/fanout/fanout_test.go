@@ -323,3 +323,38 @@ func TestWaitRoomWakesEveryProducer(t *testing.T) {
 		}
 	}
 }
+
+// With Pause, a pausing producer waits once the lone subscriber has Pause
+// queued, long before Bytes; Publish still cuts a subscriber off only at
+// Bytes, so a slow reader among fast ones keeps its whole budget.
+func TestWaitRoomPause(t *testing.T) {
+	size := func(b []byte) int { return len(b) }
+	h := New[[]byte](DropSubscriber, Limits{Bytes: 1000, Overhead: 10, Pause: 100}, size, nil)
+	s := h.Subscribe()
+	h.Publish(make([]byte, 60)) // costs 70: another 60 would pass Pause
+	waited := make(chan struct{})
+	go func() {
+		h.WaitRoom(1, 50, nil)
+		close(waited)
+	}()
+	select {
+	case <-waited:
+		t.Fatal("WaitRoom returned with the lone subscriber past Pause")
+	case <-time.After(50 * time.Millisecond):
+	}
+	next(s)
+	select {
+	case <-waited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("WaitRoom did not return after the subscriber drained")
+	}
+	for range 14 { // 14 × 70 = 980: within Bytes
+		h.Publish(make([]byte, 60))
+	}
+	if s.Lagged() {
+		t.Fatal("Publish cut the subscriber off at Pause instead of Bytes")
+	}
+	if n := queued(s); n != 14 {
+		t.Fatalf("%d chunks queued, want 14", n)
+	}
+}
