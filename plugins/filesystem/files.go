@@ -34,6 +34,14 @@ const copyBufSize = 1 << 20
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
 
+// gzipPool reuses compressors across gzip downloads: each one carries about
+// 1 MiB of hash tables and window, which a download per call turned into
+// garbage that raised envd-fs's heap goal under load.
+var gzipPool = sync.Pool{New: func() any {
+	gz, _ := gzip.NewWriterLevel(io.Discard, flate.BestSpeed)
+	return gz
+}}
+
 // FilesHandler serves GET /files, POST /files and POST /files/compose (WIRE
 // §7.6–7.8). Access tokens and URL signatures are checked by envd-init
 // before a request reaches it.
@@ -185,7 +193,12 @@ func (h *FilesHandler) download(w http.ResponseWriter, r *http.Request) {
 	}
 	// BestSpeed: compression runs at a few hundred MB/s; higher levels would
 	// make the CPU, not the link, the bottleneck of a download.
-	gz, _ := gzip.NewWriterLevel(w, flate.BestSpeed)
+	gz := gzipPool.Get().(*gzip.Writer)
+	gz.Reset(w)
+	defer func() {
+		gz.Reset(io.Discard) // drops the reference to this response
+		gzipPool.Put(gz)
+	}()
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	if _, err := io.CopyBuffer(gz, onlyReader{f}, *bp); err != nil {

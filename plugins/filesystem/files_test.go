@@ -583,3 +583,47 @@ func TestUploadWatchEvents(t *testing.T) {
 		}
 	}
 }
+
+// Compressors are reused across downloads: concurrent and back-to-back gzip
+// downloads of different files must each decode to their own file.
+func TestGzipDownloadsReuseCompressors(t *testing.T) {
+	srv := newFiles(t)
+	dir := t.TempDir()
+	const n = 8
+	contents := make([]string, n)
+	for i := range contents {
+		contents[i] = strings.Repeat(fmt.Sprintf("file %d line\n", i), 2000+i*500)
+		os.WriteFile(filepath.Join(dir, fmt.Sprint(i)), []byte(contents[i]), 0o644)
+	}
+	errs := make(chan error, n*3)
+	for round := 0; round < 3; round++ {
+		for i := 0; i < n; i++ {
+			go func(i int) {
+				req, _ := http.NewRequest(http.MethodGet, filesURL(srv, filepath.Join(dir, fmt.Sprint(i))), nil)
+				req.Header.Set("Accept-Encoding", "gzip")
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					errs <- err
+					return
+				}
+				defer resp.Body.Close()
+				zr, err := gzip.NewReader(resp.Body)
+				if err != nil {
+					errs <- fmt.Errorf("file %d: %w", i, err)
+					return
+				}
+				plain, err := io.ReadAll(zr)
+				if err != nil || string(plain) != contents[i] {
+					errs <- fmt.Errorf("file %d: %d bytes, err %v", i, len(plain), err)
+					return
+				}
+				errs <- nil
+			}(i)
+		}
+	}
+	for i := 0; i < n*3; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
