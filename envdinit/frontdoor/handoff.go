@@ -52,9 +52,10 @@ func (h *handoffRoute) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// plugin and then handed over (it has no side effect to repeat).
 		// Only without a body: the proxy would consume it, and a handoff
 		// after a decline would then frame bytes that are no longer there.
-		h.next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), offerKey{}, offer(func(w http.ResponseWriter, r *http.Request) bool {
+		r = r.WithContext(context.WithValue(r.Context(), offerKey{}, offer(func(w http.ResponseWriter, _ *http.Request) bool {
 			return h.handOff(w, r, path, nil)
-		}))))
+		})))
+		h.next.ServeHTTP(w, r)
 		return
 	}
 	if h.offer && r.Method == http.MethodPost && r.ContentLength > 0 && r.ContentLength <= handoff.OfferLimit && len(r.TransferEncoding) == 0 {
@@ -90,11 +91,11 @@ func (h *handoffRoute) offerCall(w http.ResponseWriter, r *http.Request, path st
 	// The plugin went down in between: the route for calls that cannot be
 	// handed over (which waits for it) answers; the call has no effect
 	// that running it again could repeat.
-	otherwise := func(w http.ResponseWriter, r *http.Request) {
+	otherwise := func(w http.ResponseWriter, _ *http.Request) {
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		h.next.ServeHTTP(w, r)
 	}
-	ctx := context.WithValue(r.Context(), offerKey{}, offer(func(w http.ResponseWriter, r *http.Request) bool {
+	ctx := context.WithValue(r.Context(), offerKey{}, offer(func(w http.ResponseWriter, _ *http.Request) bool {
 		// The proxy cleared the headers set before the plugin's 100
 		// Continue (CORS): they go with the connection.
 		if nc, ok := w.(*noContinue); ok {
@@ -225,7 +226,9 @@ func (h *handoffRoute) canHandOff(r *http.Request) (string, bool) {
 }
 
 // offer hands the request over when the plugin declined to answer it
-// through the proxy; false: it could not, nothing was written.
+// through the proxy; false: it could not, nothing was written. It serves
+// the client's request as it came, never the proxy's copy it is called
+// with (which carries the proxy's Host, offer header and Expect).
 type offer func(w http.ResponseWriter, r *http.Request) bool
 
 type offerKey struct{}

@@ -181,21 +181,28 @@ func TestListDirOfferKeepsAlive(t *testing.T) {
 			}
 			calls++
 		}
+		// A deeper walk is declined at once and handed over.
+		res, err := cl.ListDir(o.trace(envdtest.Ctx(t, 30*time.Second)), withUser(&fspb.ListDirRequest{Path: filepath.Dir(small), Depth: 2}, "root"))
+		if err != nil || len(res.Msg.GetEntries()) != 2+10+1500 || !o.same {
+			t.Fatalf("%s: depth 2: %v (same connection: %v)", v.name, err, o.same)
+		}
 		// An error answered through the proxy keeps its Connect code.
-		_, err := cl.ListDir(o.trace(envdtest.Ctx(t, 30*time.Second)), withUser(&fspb.ListDirRequest{Path: filepath.Join(small, "missing")}, "root"))
+		_, err = cl.ListDir(o.trace(envdtest.Ctx(t, 30*time.Second)), withUser(&fspb.ListDirRequest{Path: filepath.Join(small, "missing")}, "root"))
 		if connect.CodeOf(err) != connect.CodeNotFound || !o.same {
 			t.Errorf("%s: missing directory: %v (same connection: %v)", v.name, err, o.same)
 		}
 	}
 }
 
-// A short listing answered through the proxy is, on the wire, the answer
-// a handed-over one gets: the same status, headers (but Date) and body
-// bytes, gzipped or not. A body above the offer's bound (whitespace in the
-// JSON) makes the same call go the handoff's way.
+// A short listing answered through the proxy, and a long one declined
+// there and then handed over, are on the wire the answer a call handed over
+// at once gets: the same status (no interim 100 the client did not ask
+// for), headers (but Date) and body bytes, gzipped or not. A body above
+// the offer's bound (whitespace in the JSON) makes the same call go the
+// handoff's way at once.
 func TestListDirOfferSameBytes(t *testing.T) {
 	e := envdtest.Start(t)
-	small, _ := listDirDirs(t)
+	small, big := listDirDirs(t)
 	c, err := net.Dial("tcp", strings.TrimPrefix(e.URL, "http://"))
 	if err != nil {
 		t.Fatal(err)
@@ -225,6 +232,9 @@ func TestListDirOfferSameBytes(t *testing.T) {
 		{small, "Accept-Encoding: gzip\r\n"},
 		{filepath.Join(small, "missing"), ""},
 		{filepath.Join(small, "entry-00001"), "Accept-Encoding: gzip\r\n"},
+		// Declined through the proxy, then handed over.
+		{big, ""},
+		{big, "Accept-Encoding: gzip\r\n"},
 	} {
 		short := fmt.Sprintf(`{"path":%q}`, tc.path)
 		long := fmt.Sprintf(`{"path":%q%s}`, tc.path, strings.Repeat(" ", 20<<10))
@@ -238,7 +248,11 @@ func TestListDirOfferSameBytes(t *testing.T) {
 				pres.StatusCode, pres.Header, pres.TransferEncoding, pres.ContentLength, pbody,
 				hres.StatusCode, hres.Header, hres.TransferEncoding, hres.ContentLength, hbody)
 		}
-		if tc.path == small && tc.extra != "" && pres.Header.Get("Content-Encoding") != "gzip" {
+		want := map[string]int{small: 10, big: 1500}[tc.path]
+		if want > 0 && pres.StatusCode != 200 {
+			t.Errorf("%s: status %d", tc.path, pres.StatusCode)
+		}
+		if want > 0 && tc.extra != "" && pres.Header.Get("Content-Encoding") != "gzip" {
 			t.Errorf("listing asked gzipped: Content-Encoding %q", pres.Header.Get("Content-Encoding"))
 		}
 		if pres.Header.Get("Content-Encoding") == "gzip" {
@@ -246,7 +260,7 @@ func TestListDirOfferSameBytes(t *testing.T) {
 			if err != nil {
 				t.Fatalf("gzip answer: %v", err)
 			}
-			if b, _ := io.ReadAll(zr); strings.Count(string(b), `"name":`) != 10 {
+			if b, _ := io.ReadAll(zr); strings.Count(string(b), `"name":`) != want {
 				t.Errorf("gunzipped: %.200s", b)
 			}
 		}
