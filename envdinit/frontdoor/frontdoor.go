@@ -254,13 +254,19 @@ func newFilesProxy(log *zap.Logger, socket func(ctx context.Context) (string, er
 			if _, ok := pr.In.Context().Value(offerKey{}).(offer); ok {
 				pr.Out.Header.Set(handoff.OfferHeader, "1")
 			}
-			if g, ok := pr.In.Context().Value(gateKey{}).(*uploadGate); ok && pr.Out.Body != nil {
+			if g, ok := pr.In.Context().Value(gateKey{}).(*uploadGate); ok && g.onAnswer {
+				pr.Out.Header.Set(handoff.OfferHeader, "1")
+			} else if ok && pr.Out.Body != nil {
 				pr.Out.Header.Set(handoff.OfferHeader, "1")
 				pr.Out.Header.Set("Expect", "100-continue")
 				pr.Out.Body = gatedBody{ReadCloser: pr.Out.Body, g: g}
 			}
 		},
 		ModifyResponse: func(res *http.Response) error {
+			if g, ok := res.Request.Context().Value(gateKey{}).(*uploadGate); ok && g.onAnswer &&
+				!g.state.CompareAndSwap(gatePending, gateSent) {
+				return errRevoked
+			}
 			if _, ok := res.Request.Context().Value(offerKey{}).(offer); ok && handoff.Declined(res) {
 				return errDeclined
 			}
