@@ -85,10 +85,13 @@ func New(opts Options) *Server {
 	// envd-fs on the client's own connection, which comes back after the
 	// response; short calls and RPC streams are cheaper through the hop.
 	fsSock := func() (string, error) { return opts.Handoff(contract.FS) }
-	mux.Handle("POST "+fsPath+"ListDir", &handoffRoute{log: opts.Log, plugin: contract.FS, next: fsProxy, sock: fsSock, back: s.backLn.put})
-	files := &handoffRoute{log: opts.Log, plugin: contract.FS,
-		next: newFilesProxy(opts.Log, func(ctx context.Context) (string, error) { return opts.Socket(ctx, contract.FS) }),
-		sock: fsSock, back: s.backLn.put, offer: true}
+	filesProxy := newFilesProxy(opts.Log, func(ctx context.Context) (string, error) { return opts.Socket(ctx, contract.FS) })
+	// A ListDir is offered through the files proxy first: envd-fs answers
+	// a short listing there (one HTTP exchange on a kept Unix connection
+	// costs less than a handoff) and declines a long one, which is then
+	// handed over.
+	mux.Handle("POST "+fsPath+"ListDir", &handoffRoute{log: opts.Log, plugin: contract.FS, next: fsProxy, sock: fsSock, back: s.backLn.put, offerVia: filesProxy})
+	files := &handoffRoute{log: opts.Log, plugin: contract.FS, next: filesProxy, sock: fsSock, back: s.backLn.put, offer: true}
 	mux.Handle("GET /files", opts.Host.FilesAuth(files))
 	mux.Handle("POST /files", opts.Host.FilesAuth(files))
 	mux.Handle("POST /files/compose", files)
@@ -255,13 +258,19 @@ func newFilesProxy(log *zap.Logger, socket func(ctx context.Context) (string, er
 			if _, ok := pr.In.Context().Value(offerKey{}).(offer); ok {
 				pr.Out.Header.Set(handoff.OfferHeader, "1")
 			}
-			if g, ok := pr.In.Context().Value(gateKey{}).(*uploadGate); ok && pr.Out.Body != nil {
+			if g, ok := pr.In.Context().Value(gateKey{}).(*uploadGate); ok && g.onAnswer {
+				pr.Out.Header.Set(handoff.OfferHeader, "1")
+			} else if ok && pr.Out.Body != nil {
 				pr.Out.Header.Set(handoff.OfferHeader, "1")
 				pr.Out.Header.Set("Expect", "100-continue")
 				pr.Out.Body = gatedBody{ReadCloser: pr.Out.Body, g: g}
 			}
 		},
 		ModifyResponse: func(res *http.Response) error {
+			if g, ok := res.Request.Context().Value(gateKey{}).(*uploadGate); ok && g.onAnswer &&
+				!g.state.CompareAndSwap(gatePending, gateSent) {
+				return errRevoked
+			}
 			if _, ok := res.Request.Context().Value(offerKey{}).(offer); ok && handoff.Declined(res) {
 				return errDeclined
 			}
@@ -278,6 +287,13 @@ func newFilesProxy(log *zap.Logger, socket func(ctx context.Context) (string, er
 				if !r.Context().Value(offerKey{}).(offer)(w, r) {
 					resterr.Write(w, http.StatusServiceUnavailable, "file transfer failed: plugin envd-fs did not take the connection")
 				}
+				return
+			}
+			if other, ok := r.Context().Value(otherwiseKey{}).(http.Handler); ok && !errors.Is(err, context.Canceled) {
+				if nc, ok := w.(*noContinue); ok {
+					nc.restore()
+				}
+				other.ServeHTTP(w, r)
 				return
 			}
 			status, msg := http.StatusBadGateway, fmt.Sprintf("file transfer failed: %v", err)

@@ -1,6 +1,7 @@
 package frontdoor
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -33,6 +34,10 @@ type handoffRoute struct {
 	// offer: downloads go through next first, offering the plugin to
 	// decline a big answer (handoff.Offer).
 	offer bool
+	// offerVia, when set, is the plugin's HTTP proxy through which a call
+	// with a small body is offered first (handoff.DeclineOffer); next is
+	// then the route for what cannot be handed over.
+	offerVia http.Handler
 }
 
 func (h *handoffRoute) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -47,22 +52,74 @@ func (h *handoffRoute) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// plugin and then handed over (it has no side effect to repeat).
 		// Only without a body: the proxy would consume it, and a handoff
 		// after a decline would then frame bytes that are no longer there.
-		h.next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), offerKey{}, offer(func(w http.ResponseWriter, r *http.Request) bool {
-			return h.handOff(w, r, path)
-		}))))
+		r = r.WithContext(context.WithValue(r.Context(), offerKey{}, offer(func(w http.ResponseWriter, _ *http.Request) bool {
+			return h.handOff(w, r, path, nil)
+		})))
+		h.next.ServeHTTP(w, r)
 		return
 	}
 	if h.offer && r.Method == http.MethodPost && r.ContentLength > 0 && r.ContentLength <= handoff.OfferLimit && len(r.TransferEncoding) == 0 {
-		h.gatedUpload(w, r)
+		h.gated(h.next, w, r, false)
 		return
 	}
-	if h.handOff(w, r, path) {
+	// A client's own Expect would be answered twice (here, when the body
+	// is read, and by the plugin after a decline): such a call is handed
+	// over at once.
+	if h.offerVia != nil && r.ContentLength > 0 && r.ContentLength <= offerCallBody && len(r.TransferEncoding) == 0 && r.Header.Get("Expect") == "" {
+		h.offerCall(w, r, path)
+		return
+	}
+	if h.handOff(w, r, path, nil) {
 		return
 	}
 	h.next.ServeHTTP(w, r)
 }
 
-// gatedUpload passes a small upload of known length through the proxy
+// offerCall offers a call with a small body and no side effect (a
+// ListDir) to the plugin through offerVia. Head and body go out together
+// (an upload's 100-continue round trip cost 1.25x the CPU per call): a
+// plugin whose answer has not begun within AckTimeout (stopped) gets the
+// client the handoff's 503, and one that runs the call late changes
+// nothing. The body is read here first, so that a call the plugin declines
+// is handed over whole; the plugin declines before its expensive work.
+func (h *handoffRoute) offerCall(w http.ResponseWriter, r *http.Request, path string) {
+	body := make([]byte, r.ContentLength)
+	if _, err := io.ReadFull(r.Body, body); err != nil {
+		// The client went away mid-request: there is no one to answer.
+		panic(http.ErrAbortHandler)
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	// The plugin went down in between: the route for calls that cannot be
+	// handed over (which waits for it) answers; the call has no effect
+	// that running it again could repeat.
+	otherwise := func(w http.ResponseWriter, _ *http.Request) {
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		h.next.ServeHTTP(w, r)
+	}
+	ctx := context.WithValue(r.Context(), offerKey{}, offer(func(w http.ResponseWriter, _ *http.Request) bool {
+		// The proxy cleared the headers set before the plugin's 100
+		// Continue (CORS): they go with the connection.
+		if nc, ok := w.(*noContinue); ok {
+			nc.restore()
+		}
+		if !h.handOff(w, r, path, body) {
+			otherwise(w, r)
+		}
+		return true
+	}))
+	ctx = context.WithValue(ctx, otherwiseKey{}, http.HandlerFunc(otherwise))
+	h.gated(h.offerVia, w, r.WithContext(ctx), true)
+}
+
+// offerCallBody bounds the body of a call offered through the proxy: with
+// its head it must fit one handoff message when the call is declined.
+const offerCallBody = handoff.MaxMessage / 4
+
+// otherwiseKey holds the handler of an offered call that the proxy could
+// not deliver (the plugin died).
+type otherwiseKey struct{}
+
+// gated passes a small upload of known length through the proxy
 // (one HTTP exchange on a kept Unix connection costs less than a handoff's
 // four messages and two passed fds) with the handoff's promise kept: the
 // plugin acts on nothing that envd-init has already answered for it. The
@@ -70,8 +127,8 @@ func (h *handoffRoute) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // after the plugin's 100 Continue, unless AckTimeout passed first: then
 // the client gets the handoff's 503 and the plugin never gets the body
 // (handoff.Offer drops a request whose body does not arrive whole).
-func (h *handoffRoute) gatedUpload(w http.ResponseWriter, r *http.Request) {
-	g := &uploadGate{}
+func (h *handoffRoute) gated(proxy http.Handler, w http.ResponseWriter, r *http.Request, onAnswer bool) {
+	g := &uploadGate{onAnswer: onAnswer}
 	ctx, cancel := context.WithCancel(context.WithValue(r.Context(), gateKey{}, g))
 	defer cancel()
 	t := time.AfterFunc(handoff.AckTimeout, func() {
@@ -80,12 +137,18 @@ func (h *handoffRoute) gatedUpload(w http.ResponseWriter, r *http.Request) {
 		}
 	})
 	defer t.Stop()
-	h.next.ServeHTTP(&noContinue{ResponseWriter: w}, r.WithContext(ctx))
+	proxy.ServeHTTP(&noContinue{ResponseWriter: w}, r.WithContext(ctx))
 }
 
 // uploadGate decides once between sending an upload's body to the plugin
 // (its 100 Continue came) and answering the client without it.
-type uploadGate struct{ state atomic.Int32 }
+type uploadGate struct {
+	state atomic.Int32
+	// onAnswer: the gate opens when the plugin's answer begins, and the
+	// body goes out with the head (a call with no effect, which a plugin
+	// that runs it late cannot harm).
+	onAnswer bool
+}
 
 const (
 	gatePending int32 = iota
@@ -170,15 +233,18 @@ func (h *handoffRoute) canHandOff(r *http.Request) (string, bool) {
 }
 
 // offer hands the request over when the plugin declined to answer it
-// through the proxy; false: it could not, nothing was written.
+// through the proxy; false: it could not, nothing was written. It serves
+// the client's request as it came, never the proxy's copy it is called
+// with (which carries the proxy's Host, offer header and Expect).
 type offer func(w http.ResponseWriter, r *http.Request) bool
 
 type offerKey struct{}
 
-// handOff reports whether it took care of the request.
-func (h *handoffRoute) handOff(w http.ResponseWriter, r *http.Request, path string) bool {
+// handOff reports whether it took care of the request. body is the
+// request's body when it was already read from the connection.
+func (h *handoffRoute) handOff(w http.ResponseWriter, r *http.Request, path string, body []byte) bool {
 	head := handoff.RequestHead(r)
-	if len(head) > handoff.MaxMessage/2 {
+	if len(head)+len(body) > handoff.MaxMessage/2 {
 		return false
 	}
 	// Reach the plugin before taking the connection: a plugin that just
@@ -202,7 +268,7 @@ func (h *handoffRoute) handOff(w http.ResponseWriter, r *http.Request, path stri
 		return true
 	}
 	buffered, _ := brw.Reader.Peek(brw.Reader.Buffered())
-	request := append(append(head, buffered...), unread...)
+	request := append(append(append(head, body...), buffered...), unread...)
 	msg, err := handoff.Encode(w.Header(), handoff.FramingOf(r, len(head)), request)
 	if err == nil {
 		err = sender.Send(tcp, msg)

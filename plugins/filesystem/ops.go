@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 
 	fspb "github.com/envd-project/envd/gen/filesystem"
 	"github.com/envd-project/envd/internal/gomaxprocs"
+	"github.com/envd-project/envd/plugins/pluginkit/handoff"
 )
 
 // Stat is WIRE §6.3.
@@ -141,8 +143,15 @@ func (s *Service) ListDir(ctx context.Context, req *fspb.ListDirRequest) (*fspb.
 	if !fi.IsDir() {
 		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("path is not a directory: %s", requested))
 	}
-	l := lister{names: newNames(s.db), depth: depth, ctx: ctx}
+	l := lister{names: newNames(s.db), depth: depth, ctx: ctx, offered: handoff.Offered(ctx)}
+	if depth > 1 && handoff.DeclineOffer(ctx) {
+		// A tree's size is known only once it is walked: it is handed over.
+		return nil, errOfferDeclined
+	}
 	if err := l.walk(real, requested, 1); err != nil {
+		if errors.Is(err, errOfferDeclined) {
+			return nil, err
+		}
 		if ce := new(connect.Error); errors.As(err, &ce) {
 			return nil, ce
 		}
@@ -169,8 +178,24 @@ type lister struct {
 	names *names
 	depth int
 	ctx   context.Context
-	out   []*fspb.EntryInfo
+	// offered: envd-init offered the call through its proxy (a copy of
+	// the answer) before handing the connection over (none).
+	offered bool
+	out     []*fspb.EntryInfo
 }
+
+// offerEntries is the longest listing answered through envd-init's proxy
+// when it is offered there: about 200 bytes an entry in Connect JSON, so
+// that its answer stays near handoff.OfferLimit, which bounds a proxied
+// download for the same reason (the copy through envd-init grows with the
+// answer, the handoff's cost does not). The directory's first names decide
+// it, before any entry is stat-ed: a declined listing costs one getdents.
+const offerEntries = 256
+
+// errOfferDeclined ends an offered listing that is too long to be copied
+// through envd-init: the answer becomes the decline (handoff.DeclineOffer)
+// and the call is served again on the handed-over connection.
+var errOfferDeclined = connect.NewError(connect.CodeUnavailable, errors.New("listing declined through the proxy"))
 
 // parallelMin is the directory size from which entries are stat-ed by
 // several goroutines: two syscalls per entry (fstatat, listxattr) dominate a
@@ -208,7 +233,7 @@ func (l *lister) walk(real, shown string, level int) error {
 	}
 	f := os.NewFile(uintptr(dfd), real)
 	defer f.Close()
-	list, err := f.Readdirnames(-1)
+	list, err := l.readNames(f, level)
 	if err != nil {
 		return err
 	}
@@ -285,6 +310,26 @@ func (l *lister) walk(real, shown string, level int) error {
 		}
 	}
 	return nil
+}
+
+// readNames reads the names in f. An offered listing reads at most
+// offerEntries+1 of them first, and declines the offer when there are more.
+func (l *lister) readNames(f *os.File, level int) ([]string, error) {
+	if !l.offered || level != 1 {
+		return f.Readdirnames(-1)
+	}
+	list, err := f.Readdirnames(offerEntries + 1)
+	if errors.Is(err, io.EOF) {
+		return list, nil // an empty directory
+	}
+	if err != nil || len(list) <= offerEntries {
+		return list, err
+	}
+	if handoff.DeclineOffer(l.ctx) {
+		return nil, errOfferDeclined
+	}
+	rest, err := f.Readdirnames(-1)
+	return append(list, rest...), err
 }
 
 // joinPrefix returns what filepath.Join(dir, name) puts before a clean

@@ -414,6 +414,7 @@ var errDeclined = errors.New("handoff: answered by handoff instead")
 // Offer wraps a plugin's proxied HTTP handler: a GET that carries
 // OfferHeader and would answer 200/206 with a body of unknown length or
 // above OfferLimit is declined, so that envd-init hands the connection over.
+// An offered POST is declined only by its handler (DeclineOffer).
 //
 // A small upload carrying OfferHeader (a body of known length up to
 // OfferLimit, sent with Expect: 100-continue) is read whole before the
@@ -428,14 +429,18 @@ func Offer(next http.Handler) http.Handler {
 		r.Header.Del(OfferHeader)
 		switch {
 		case offered && r.Method == http.MethodGet:
-			next.ServeHTTP(&offerWriter{ResponseWriter: w}, r)
+			o := &offerWriter{ResponseWriter: w}
+			next.ServeHTTP(o, r.WithContext(context.WithValue(r.Context(), offerKey{}, o)))
 		case offered && r.Method == http.MethodPost && r.ContentLength > 0 && r.ContentLength <= OfferLimit:
 			body := make([]byte, r.ContentLength)
 			if _, err := io.ReadFull(r.Body, body); err != nil {
 				panic(http.ErrAbortHandler)
 			}
 			r.Body = io.NopCloser(bytes.NewReader(body))
-			next.ServeHTTP(w, r)
+			// The handler may still decline (DeclineOffer) when it finds,
+			// cheaply, that its answer would be big (a long listing).
+			o := &offerWriter{ResponseWriter: w, anySize: true}
+			next.ServeHTTP(o, r.WithContext(context.WithValue(r.Context(), offerKey{}, o)))
 		default:
 			next.ServeHTTP(w, r)
 		}
@@ -444,7 +449,38 @@ func Offer(next http.Handler) http.Handler {
 
 type offerWriter struct {
 	http.ResponseWriter
+	// anySize: an answer of any size is kept (a small upload's); only
+	// DeclineOffer declines.
+	anySize bool
+	// decline: the handler declined before answering (DeclineOffer).
+	decline           bool
 	decided, declined bool
+}
+
+type offerKey struct{}
+
+// DeclineOffer, called by the handler of a request that envd-init offered
+// through the proxy before it writes anything, declines the offer: the
+// answer it then writes is replaced by the decline, and envd-init hands the
+// client's connection over for the request, which is served again from the
+// start. A handler calls it when it finds, before the expensive part of its
+// work, that its answer would be too big to be worth copying through
+// envd-init. It reports false when the request was not offered (or its
+// answer has begun): the handler must answer it itself.
+func DeclineOffer(ctx context.Context) bool {
+	o, ok := ctx.Value(offerKey{}).(*offerWriter)
+	if !ok || o.decided {
+		return false
+	}
+	o.decline = true
+	return true
+}
+
+// Offered reports whether the request of ctx was offered through the proxy
+// and its answer has not begun.
+func Offered(ctx context.Context) bool {
+	o, ok := ctx.Value(offerKey{}).(*offerWriter)
+	return ok && !o.decided
 }
 
 func (o *offerWriter) WriteHeader(code int) {
@@ -452,17 +488,19 @@ func (o *offerWriter) WriteHeader(code int) {
 		return
 	}
 	o.decided = true
-	if code == http.StatusOK || code == http.StatusPartialContent {
+	big := false
+	if !o.anySize && (code == http.StatusOK || code == http.StatusPartialContent) {
 		n, err := strconv.ParseInt(o.Header().Get("Content-Length"), 10, 64)
-		if err != nil || n > OfferLimit {
-			o.declined = true
-			h := o.ResponseWriter.Header()
-			clear(h)
-			h.Set(OfferHeader, "declined")
-			h.Set("Content-Length", "0")
-			o.ResponseWriter.WriteHeader(OfferStatus)
-			return
-		}
+		big = err != nil || n > OfferLimit
+	}
+	if o.decline || big {
+		o.declined = true
+		h := o.ResponseWriter.Header()
+		clear(h)
+		h.Set(OfferHeader, "declined")
+		h.Set("Content-Length", "0")
+		o.ResponseWriter.WriteHeader(OfferStatus)
+		return
 	}
 	o.ResponseWriter.WriteHeader(code)
 }

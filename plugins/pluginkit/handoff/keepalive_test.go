@@ -373,3 +373,47 @@ func TestOfferedUploadActsOnlyOnAWholeBody(t *testing.T) {
 	case <-time.After(200 * time.Millisecond):
 	}
 }
+
+// An offered POST is answered whatever its size unless its handler
+// declines it (DeclineOffer) before answering; a request that was not
+// offered cannot be declined and gets the handler's own answer.
+func TestOfferedCallDeclinedByItsHandler(t *testing.T) {
+	big := bytes.Repeat([]byte("b"), OfferLimit+1)
+	srv := httptestServer(t, Offer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if Offered(r.Context()) != (r.Header.Get("X-Offered") != "") {
+			t.Error("Offered is wrong")
+		}
+		if string(body) == "decline" && DeclineOffer(r.Context()) {
+			http.Error(w, "this answer is replaced", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write(big)
+	})))
+	for _, c := range []struct {
+		body     string
+		offer    bool
+		declined bool
+		status   int
+		size     int
+	}{
+		{"decline", true, true, OfferStatus, 0},
+		{"answer", true, false, 200, len(big)},
+		{"decline", false, false, 200, len(big)},
+	} {
+		req, _ := http.NewRequest(http.MethodPost, srv+"/call", strings.NewReader(c.body))
+		if c.offer {
+			req.Header.Set(OfferHeader, "1")
+			req.Header.Set("X-Offered", "1")
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if Declined(res) != c.declined || res.StatusCode != c.status || len(body) != c.size {
+			t.Errorf("%q offer=%v: %d declined=%v %d bytes", c.body, c.offer, res.StatusCode, Declined(res), len(body))
+		}
+	}
+}

@@ -390,7 +390,11 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem, dbg *debugServer, 
 			log.Error("http socket", zap.Error(err))
 			return 1
 		}
-		srv := &http.Server{Handler: trim.Middleware(handoff.Offer(h)), ReadHeaderTimeout: 30 * time.Second, ErrorLog: zap.NewStdLog(log)}
+		// The same public handlers a standalone plugin serves, for /files
+		// and the calls envd-init offers here first (a small ListDir
+		// answers here; a big one is declined and handed over).
+		pub := publicMux(sub)
+		srv := &http.Server{Handler: trim.Middleware(handoff.Offer(pub)), ReadHeaderTimeout: 30 * time.Second, ErrorLog: zap.NewStdLog(log)}
 		httpSrvs = append(httpSrvs, srv)
 		go func() { _ = srv.Serve(ln) }()
 		defer srv.Close()
@@ -406,7 +410,7 @@ func servePlugin(log *zap.Logger, name string, sub Subsystem, dbg *debugServer, 
 		// enough to be worth its own connection (ListDir): the same public
 		// handlers a standalone plugin serves.
 		hsrv := &http.Server{
-			Handler: handoff.Serve(trim.Middleware(publicMux(sub))), ConnContext: handoff.ConnContext, ConnState: handoff.ConnState,
+			Handler: handoff.Serve(trim.Middleware(pub)), ConnContext: handoff.ConnContext, ConnState: handoff.ConnState,
 			ReadHeaderTimeout: 30 * time.Second, ErrorLog: zap.NewStdLog(log),
 		}
 		httpSrvs = append(httpSrvs, hsrv)
