@@ -101,6 +101,13 @@ type Supervisor struct {
 	wg      sync.WaitGroup
 
 	shutdownOnce, stopOnce sync.Once
+
+	// lifeMu orders the snapshot lifecycle against plugin starts: a plugin
+	// that goes up between /snapshot/prepare and the restore (a crash
+	// restart, a hot-swap) is quiesced too, and one that went up just
+	// before a restore is never left quiesced after it.
+	lifeMu   sync.Mutex
+	prepared bool
 }
 
 // managed is one plugin slot; its process comes and goes.
@@ -569,6 +576,16 @@ func (s *Supervisor) launch(m *managed) (*instance, error) {
 	if now := s.store.Config(); now.GetGeneration() != cfg.GetGeneration() {
 		s.configure(m, inst, now)
 	}
+	// Up after a /snapshot/prepare that it missed: quiesce it as well.
+	// After setUp, so that a prepare or restore running now either sees
+	// this instance or has already set what is checked here.
+	s.lifeMu.Lock()
+	if s.prepared {
+		if _, err := inst.control.SnapshotPrepare(ctx, &controlpb.SnapshotPrepareRequest{}); err != nil {
+			m.log.Warn("plugin started after /snapshot/prepare did not quiesce", zap.Error(err))
+		}
+	}
+	s.lifeMu.Unlock()
 	return inst, nil
 }
 
@@ -759,6 +776,9 @@ func (s *Supervisor) each(ctx context.Context, what string, ownOnly bool, fn fun
 
 // SnapshotPrepare tells every plugin to quiesce before a VM snapshot.
 func (s *Supervisor) SnapshotPrepare(ctx context.Context) error {
+	s.lifeMu.Lock()
+	defer s.lifeMu.Unlock()
+	s.prepared = true
 	return s.each(ctx, "snapshot prepare", false, func(ctx context.Context, c controlpb.ControlClient) error {
 		_, err := c.SnapshotPrepare(ctx, &controlpb.SnapshotPrepareRequest{})
 		return err
@@ -767,6 +787,9 @@ func (s *Supervisor) SnapshotPrepare(ctx context.Context) error {
 
 // SnapshotRestored tells every plugin the VM was restored.
 func (s *Supervisor) SnapshotRestored(ctx context.Context) error {
+	s.lifeMu.Lock()
+	defer s.lifeMu.Unlock()
+	s.prepared = false
 	return s.each(ctx, "snapshot restored", false, func(ctx context.Context, c controlpb.ControlClient) error {
 		_, err := c.SnapshotRestored(ctx, &controlpb.SnapshotRestoredRequest{})
 		return err

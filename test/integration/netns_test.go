@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -162,39 +163,35 @@ func TestPortForwardThroughTree(t *testing.T) {
 
 	// A crash of envd-net costs the forwarding only until it is back.
 	// ip netns exec execs envd-init, so its pid is envd-init's.
-	killed := false
-	for _, pid := range envdtest.Children(cmd.Process.Pid) {
-		if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.TrimSpace(string(comm)) == "envd-net" {
-			killed = syscall.Kill(pid, syscall.SIGKILL) == nil
+	// envdNet is a running envd-net child other than those in not (0 if
+	// none): a killed one stays a child, as a zombie, until envd-init reaps
+	// it, and a replaced one while it drains.
+	envdNet := func(not ...int) int {
+		for _, pid := range envdtest.Children(cmd.Process.Pid) {
+			stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+			if !slices.Contains(not, pid) && strings.Contains(string(stat), "(envd-net) ") && !strings.Contains(string(stat), ") Z ") {
+				return pid
+			}
 		}
+		return 0
 	}
-	if !killed {
+	killedNet := envdNet(0)
+	if killedNet == 0 || syscall.Kill(killedNet, syscall.SIGKILL) != nil {
 		t.Fatal("no envd-net child to kill")
 	}
+	waitFor("a restarted envd-net", func() bool { return envdNet(killedNet) != 0 })
 	waitFor("forwarding after an envd-net restart", func() bool { return reachable(userURL) })
 
 	// A hot-swap of envd-net (its file replaced, as make swap-envd-net
 	// does): the forward is back within one scan interval (1 s) of the new
 	// envd-net's start, plus its start on a loaded machine.
-	oldNet := 0
-	for _, pid := range envdtest.Children(cmd.Process.Pid) {
-		if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.TrimSpace(string(comm)) == "envd-net" {
-			oldNet = pid
-		}
-	}
+	oldNet := envdNet(killedNet)
 	replaceFile(t, dir, "envd-net")
 	t0 = time.Now()
 	// The old one gives its forwards up when it hands over; the new one
 	// binds them on its first scan.
-	newNet := func() bool {
-		for _, pid := range envdtest.Children(cmd.Process.Pid) {
-			if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.TrimSpace(string(comm)) == "envd-net" && pid != oldNet {
-				return true
-			}
-		}
-		return false
-	}
-	waitFor("a new envd-net", newNet)
+	waitFor("a new envd-net", func() bool { return envdNet(oldNet, killedNet) != 0 })
+	swappedNet := envdNet(oldNet, killedNet)
 	waitFor("forwarding after an envd-net swap", func() bool { return reachable(userURL) })
 	if syscall.Kill(oldNet, 0) == nil {
 		t.Logf("forwarded again while the replaced envd-net was still draining")
@@ -209,6 +206,18 @@ func TestPortForwardThroughTree(t *testing.T) {
 	res.Body.Close()
 	if reachable(userURL) {
 		t.Error("port still forwarded after /snapshot/prepare")
+	}
+	// An envd-net that starts between the prepare and the restore (a
+	// crash) stays quiesced too: no forward for two scan intervals.
+	if syscall.Kill(swappedNet, syscall.SIGKILL) != nil {
+		t.Fatal("no envd-net child to kill after the prepare")
+	}
+	waitFor("envd-net restarted after the prepare", func() bool { return envdNet(oldNet, killedNet, swappedNet) != 0 })
+	for end := time.Now().Add(2500 * time.Millisecond); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if reachable(userURL) {
+			t.Error("an envd-net restarted after /snapshot/prepare forwards before the restore")
+			break
+		}
 	}
 	res, err = client.Get(envdURL + "/health")
 	if err != nil {
