@@ -89,7 +89,8 @@ func boundaryOf(body []byte) string {
 // FuzzResolvePath checks path handling end to end through Stat: no panic,
 // every error carries a code, and a relative path is the home directory
 // joined with it and cleaned (WIRE §6.1: ".." may climb out of the home; all
-// operations run as root anyway).
+// operations run as root anyway), after its escaped raw bytes (U+EF80–U+EFFF,
+// rawnames.go) were turned back into bytes.
 func FuzzResolvePath(f *testing.F) {
 	for _, s := range []string{"", "~", "~/", "~/a/../..", "~root/x", "../../etc/passwd", "/abs/../x", "a\x00b", strings.Repeat("x/", 3000), "./", "~~", "~/~"} {
 		f.Add(s)
@@ -108,7 +109,7 @@ func FuzzResolvePath(f *testing.F) {
 			}
 			return
 		}
-		if p != "" && !strings.HasPrefix(p, "/") && !strings.HasPrefix(p, "~") && r != filepath.Join(u.Home, p) {
+		if p != "" && !strings.HasPrefix(p, "/") && !strings.HasPrefix(p, "~") && r != filepath.Join(u.Home, fsPath(p)) {
 			t.Fatalf("%q resolved to %q", p, r)
 		}
 		if p != "" && !filepath.IsAbs(r) {
