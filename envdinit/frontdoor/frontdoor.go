@@ -280,7 +280,7 @@ func newFilesProxy(log *zap.Logger, socket func(ctx context.Context) (string, er
 		BufferPool: bufferPool{},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if revokedUpload(r) {
-				resterr.Write(w, http.StatusServiceUnavailable, fmt.Sprintf("plugin %s is unavailable: it did not take the request within %s", contract.FS, handoff.AckTimeout))
+				resterr.Write(w, http.StatusServiceUnavailable, notTaken(contract.FS))
 				return
 			}
 			if errors.Is(err, errDeclined) {

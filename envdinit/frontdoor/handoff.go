@@ -158,6 +158,12 @@ const (
 
 type gateKey struct{}
 
+// notTaken is the 503's message for a request the plugin did not take in
+// time, whether handed over or passed through the gate.
+func notTaken(plugin string) string {
+	return fmt.Sprintf("plugin %s is unavailable: it did not take the request within %s", plugin, handoff.AckTimeout)
+}
+
 // revokedUpload reports whether r's upload was answered for the plugin.
 func revokedUpload(r *http.Request) bool {
 	g, ok := r.Context().Value(gateKey{}).(*uploadGate)
@@ -280,7 +286,7 @@ func (h *handoffRoute) handOff(w http.ResponseWriter, r *http.Request, path stri
 		h.log.Warn("connection handoff failed", zap.String("path", r.URL.Path), zap.Error(err))
 		msg := "request could not be passed on"
 		if errors.Is(err, handoff.ErrUnacknowledged) {
-			msg = fmt.Sprintf("plugin %s is unavailable: it did not take the request within %s", h.plugin, handoff.AckTimeout)
+			msg = notTaken(h.plugin)
 		}
 		h.fail(tcp, msg)
 		_ = tcp.CloseWrite()
